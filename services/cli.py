@@ -1,0 +1,193 @@
+"""``dialguard``: one command for operators, with a subcommand per job.
+
+Every subcommand reads the same ``DIALGUARD_*`` settings (see ``services.settings``) so that a
+flag given here and an environment variable in production mean the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from services.settings import Settings
+
+log = logging.getLogger("dialguard")
+
+
+def _broker_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.admin import ensure_topics
+    from services.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(settings)
+    if args.action == "fetch":
+        broker.fetch()
+    elif args.action == "start":
+        broker.start()
+        created = ensure_topics(settings)
+        print(f"broker up at {broker.bootstrap}; topics created: {', '.join(created) or 'none new'}")
+    elif args.action == "stop":
+        broker.stop()
+    elif args.action == "wipe":
+        broker.wipe()
+    else:
+        for key, value in broker.status().items():
+            print(f"{key:>10}: {value}")
+    return 0
+
+
+def _topics_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.admin import ensure_topics
+    from streams.topics import CATALOG
+
+    if args.action == "list":
+        for spec in CATALOG:
+            parts = spec.partition_count(settings.topic_partitions)
+            print(f"{spec.name:<26} partitions={parts:<3} cleanup={spec.cleanup_policy:<14} "
+                  f"key={spec.key}; value={spec.value}")
+        return 0
+    created = ensure_topics(settings)
+    print(f"topics created: {', '.join(created) or 'none (all exist)'}")
+    return 0
+
+
+def _worker_cmd(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG001
+    # Faust parses its own argv; hand it a clean one.
+    sys.argv = [sys.argv[0], "worker", "-l", args.loglevel]
+    from streams.app import main as worker_main
+
+    worker_main()
+    return 0
+
+
+def _simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.simulator import run
+
+    return run(args, settings)
+
+
+def _watch_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.watch import watch
+
+    return watch(settings, from_beginning=args.from_beginning, limit=args.limit)
+
+
+def _policy_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.control_client import publish_policy, read_policies
+
+    if args.action == "show":
+        for policy in read_policies(settings).values():
+            print(policy.encode().decode())
+        return 0
+    raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    policy = publish_policy(settings, raw, author=args.author, reason=args.reason)
+    print(f"published policy {policy.name} v{policy.version}")
+    return 0
+
+
+def _run_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.runner import run_all
+
+    return run_all(settings, simulate=args.simulate, seed=args.seed, scenario=args.scenario)
+
+
+def _stop_cmd(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG001
+    from services.runner import stop_all
+
+    return stop_all(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dialguard",
+        description="Stop robocall and AI-dialer nuisance traffic from signaling events. "
+                    "Settings come from DIALGUARD_* environment variables (README, "
+                    "'Configuration'); e.g. DIALGUARD_KAFKA_BOOTSTRAP=host:9092.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("broker", help="the embedded single-node Kafka (KRaft) for dev and tests",
+                       description="Manage the embedded Apache Kafka broker: jars from Maven "
+                                   "Central into .dialguard/kafka/libs, data in "
+                                   ".dialguard/kafka/data, log in its run folder.")
+    p.add_argument("action", choices=["start", "stop", "status", "wipe", "fetch"],
+                   help="start (format on first start, create topics), stop (clean), status, "
+                        "wipe (stop and delete data), fetch (download jars only)")
+    p.set_defaults(func=_broker_cmd)
+
+    p = sub.add_parser("topics", help="list or create the topic catalog",
+                       description="Create every topic of the catalog if missing (idempotent), "
+                                   "or list the catalog.")
+    p.add_argument("action", choices=["create", "list"], nargs="?", default="create")
+    p.set_defaults(func=_topics_cmd)
+
+    p = sub.add_parser("worker", help="run one detection worker (Faust)",
+                       description="Consume signaling.events, keep windowed counters per "
+                                   "number, score with the online models, publish decisions. "
+                                   "Run several with distinct DIALGUARD_WORKER_WEB_PORT, "
+                                   "DIALGUARD_METRICS_PORT and DIALGUARD_HOME to scale out.")
+    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warn", "error"])
+    p.set_defaults(func=_worker_cmd)
+
+    p = sub.add_parser("simulate", help="produce realistic signaling with ground truth",
+                       description="Simulate subscribers, robocallers, scanners, snowshoe "
+                                   "pools, spoofers, call centers and emergency calls; write "
+                                   "ground truth for evaluation.")
+    from services.simulator import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_simulate_cmd)
+
+    p = sub.add_parser("watch", help="print decisions as they are published",
+                       description="Tail switch.control.decisions and print one line each.")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest decision")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many (0 = never)")
+    p.set_defaults(func=_watch_cmd)
+
+    p = sub.add_parser("policy", help="show or publish detection policies",
+                       description="Policies live in the compacted control.policy topic; "
+                                   "workers apply a new version within a second.")
+    p.add_argument("action", choices=["show", "set"])
+    p.add_argument("file", nargs="?", default="-", help="policy JSON for 'set' (- = stdin)")
+    p.add_argument("--author", default="cli", help="who makes the change (audited)")
+    p.add_argument("--reason", default="", help="why (audited)")
+    p.set_defaults(func=_policy_cmd)
+
+    p = sub.add_parser("run", help="start everything on the embedded default (make run)",
+                       description="Install-free start of broker, topics, worker and "
+                                   "simulator; prints decisions; Ctrl-C stops what it started.")
+    p.add_argument("--no-simulate", dest="simulate", action="store_false",
+                   help="start everything but the simulator (real traffic from others)")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed")
+    p.add_argument("--scenario", default="default", help="simulator scenario")
+    p.set_defaults(func=_run_cmd)
+
+    p = sub.add_parser("stop", help="stop whatever 'dialguard run' left running")
+    p.set_defaults(func=_stop_cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"dialguard: {exc}", file=sys.stderr)
+        return 2
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        return func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - operators get one line, -v gets the trace
+        if args.verbose:
+            raise
+        print(f"dialguard {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

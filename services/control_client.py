@@ -1,0 +1,86 @@
+"""Reads and writes the control topics (policies, allowlist, labels) from tools and tests.
+
+Writers go through here so every record is validated before it reaches the compacted topics
+that every worker trusts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from services.settings import Settings
+from streams.policy import Policy, PolicyError
+from streams.schema import AllowEntry, Label
+from streams.sink import producer_config
+from streams.topics import ALLOWLIST, FEEDBACK, POLICY
+
+READ_TIMEOUT_S = 10.0
+FLUSH_TIMEOUT_S = 15.0
+
+
+def _read_compacted(settings: Settings, topic: str) -> dict[str, bytes | None]:
+    """Latest value per key of a compacted topic, read from the beginning to the end."""
+    consumer = Consumer({**settings.kafka_client_config(),
+                         "group.id": f"dialguard-reader-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
+    try:
+        md = consumer.list_topics(topic, timeout=READ_TIMEOUT_S).topics[topic]
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=READ_TIMEOUT_S)[1]
+                for p in parts}
+        consumer.assign(parts)
+        latest: dict[str, bytes | None] = {}
+        remaining = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                if msg.error():
+                    continue
+                latest[(msg.key() or b"").decode()] = msg.value()
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    remaining.discard(msg.partition())
+        return latest
+    finally:
+        consumer.close()
+
+
+def read_policies(settings: Settings) -> dict[str, Policy]:
+    return {k: Policy.decode(v) for k, v in _read_compacted(settings, POLICY.name).items()
+            if v is not None}
+
+
+def _produce(settings: Settings, topic: str, key: bytes, value: bytes | None) -> None:
+    producer = Producer(producer_config(settings))
+    errors: list[Any] = []
+    producer.produce(topic, key=key, value=value,
+                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    if producer.flush(FLUSH_TIMEOUT_S) or errors:
+        raise RuntimeError(f"could not write to {topic}: {errors or 'timeout'}")
+
+
+def publish_policy(settings: Settings, raw: str | bytes | dict[str, Any], author: str,
+                   reason: str = "") -> Policy:
+    """Validate and publish a policy as the next version of its name."""
+    obj = orjson.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
+    if not isinstance(obj, dict):
+        raise PolicyError("a policy must be a JSON object")
+    name = obj.get("name", settings.policy_name)
+    current = read_policies(settings).get(name)
+    obj.update(name=name, version=(current.version + 1) if current else 1, author=author,
+               reason=reason or obj.get("reason", ""))
+    policy = Policy.from_dict(obj)
+    _produce(settings, POLICY.name, name.encode(), policy.encode())
+    return policy
+
+
+def publish_allow(settings: Settings, entry: AllowEntry) -> None:
+    _produce(settings, ALLOWLIST.name, entry.number.encode(), entry.encode())
+
+
+def publish_label(settings: Settings, label: Label) -> None:
+    _produce(settings, FEEDBACK.name, label.number.encode(), label.encode())

@@ -1,0 +1,230 @@
+"""The worker's logic without Faust: fold events into per-number state, score, decide.
+
+Faust gives us partition ownership, the RocksDB table and its changelog; this class gives the
+behaviour, so it can be driven by a unit test with plain dicts and lists. Events are folded into
+an in-memory cache as they arrive (``ingest``); ``flush`` then scores the numbers whose counters
+moved, runs the policy, and writes each touched number's state to the store once per
+micro-batch, which is what keeps the changelog from getting one write per counter per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from online_models.scorer import NuisanceScorer
+from services.settings import Settings
+from streams import metrics
+from streams.control import ControlState
+from streams.features import CallerState, FeatureConfig, PoolCounters, features
+from streams.numbers import NumberPlan, prefix_of
+from streams.policy import BlockLimiter, CurrentAction, decide
+from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
+                            SignalingEvent)
+
+log = logging.getLogger(__name__)
+#: Feature vectors kept for labels that arrive after the fact.
+LABEL_FEATURE_CACHE = 100_000
+#: Numbers kept decoded in memory between micro-batches.
+HOT_CACHE = 200_000
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a raw record came from, for the dead-letter headers."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Sink(Protocol):
+    def decision(self, decision: Decision) -> None: ...
+    def score(self, record: ScoreRecord) -> None: ...
+    def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None: ...
+
+
+class StateStore(Protocol):
+    """Durable per-number state; ``ctx`` is whatever the store needs to route the write."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, value: bytes, ctx: Any) -> None: ...
+
+
+class DictStore:
+    """In-process store for tests and replays."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.writes = 0
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes, ctx: Any) -> None:
+        self.data[key] = value
+        self.writes += 1
+
+
+class Detector:
+    def __init__(self, settings: Settings, scorer: NuisanceScorer, control: ControlState,
+                 sink: Sink, store: StateStore,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.control = control
+        self.sink = sink
+        self.store = store
+        self.clock = wall_clock
+        self.validator = EventValidator(
+            NumberPlan(settings.country_code, settings.national_prefix,
+                       settings.international_prefix),
+            settings.max_future_skew_s, settings.max_duration_s)
+        self.cfg = FeatureConfig(settings.short_call_s, settings.sequential_max_step,
+                                 settings.distinct_callees_cap, settings.late_grace_s)
+        self.cache: OrderedDict[str, CallerState] = OrderedDict()
+        self.dirty: dict[str, Any] = {}
+        self.trunks: dict[str, str] = {}
+        self.prefix_pools: dict[str, PoolCounters] = {}
+        self.trunk_pools: dict[str, PoolCounters] = {}
+        self.last_features: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self.limiter = BlockLimiter()
+        self.pending = 0
+
+    # -- ingest ---------------------------------------------------------------------------
+    def ingest(self, raw: bytes | None, origin: Origin, ctx: Any = None,
+               now: float | None = None) -> SignalingEvent | None:
+        """Validate and fold one record. Bad records go to the DLQ; this never raises for them."""
+        try:
+            if raw is None:
+                raise InvalidEvent("missing_field", "record has no value")
+            ev = self.validator.decode(raw, now)
+        except InvalidEvent as exc:
+            metrics.DEAD_LETTERS.labels(exc.reason).inc()
+            self.sink.dead_letter(raw or b"", exc.reason, exc.detail, origin)
+            return None
+        self.fold(ev, ctx)
+        return ev
+
+    def fold(self, ev: SignalingEvent, ctx: Any = None) -> None:
+        state = self._state(ev.caller)
+        if not state.add(ev, self.cfg):
+            metrics.LATE_DROPPED.inc()
+            return
+        metrics.EVENTS_IN.labels(ev.proto, ev.kind).inc()
+        prefix = prefix_of(ev.caller, self.settings.pool_prefix_len)
+        self.prefix_pools.setdefault(prefix, PoolCounters()).add(ev, self.cfg.short_call_s)
+        if ev.trunk:
+            self.trunks[ev.caller] = ev.trunk
+            self.trunk_pools.setdefault(ev.trunk, PoolCounters()).add(ev, self.cfg.short_call_s)
+        self.dirty[ev.caller] = ctx
+        self.pending += 1
+
+    def _state(self, number: str) -> CallerState:
+        state = self.cache.get(number)
+        if state is not None:
+            self.cache.move_to_end(number)
+            return state
+        raw = self.store.get(number)
+        state = CallerState.from_bytes(raw) if raw else CallerState()
+        self.cache[number] = state
+        if len(self.cache) > HOT_CACHE:
+            old, _ = self.cache.popitem(last=False)
+            self.dirty.pop(old, None)  # never happens in practice: flush empties dirty first
+        return state
+
+    def forget_cache(self) -> None:
+        """After a rebalance the store is the truth again (another worker may own a number)."""
+        self.cache.clear()
+
+    # -- flush ----------------------------------------------------------------------------
+    def flush(self) -> list[Decision]:
+        """Learn from new labels, score touched numbers, decide, persist. Returns decisions."""
+        started = time.perf_counter()
+        self._learn_labels()
+        decisions: list[Decision] = []
+        policy = self.control.policy
+        for number, ctx in self.dirty.items():
+            state = self.cache[number]
+            if self._should_score(number, state, policy.do_not_originate):
+                decision = self._score(number, state)
+                if decision is not None:
+                    decisions.append(decision)
+            self.store.put(number, state.to_bytes(), ctx)
+        self.dirty.clear()
+        self.pending = 0
+        metrics.TRACKED_NUMBERS.set(len(self.cache))
+        metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        return decisions
+
+    def _should_score(self, number: str, state: CallerState, dno: tuple[str, ...]) -> bool:
+        if any(number.startswith(p) for p in dno):
+            return state.action != "block" or state.action_until <= state.hwm_ts
+        if state.attempts(60) < self.settings.score_min_attempts:
+            return False
+        return state.attempts_total - state.scored_attempts >= self.settings.score_every_attempts
+
+    def feature_vector(self, number: str, state: CallerState) -> dict[str, float]:
+        feats = features(state)
+        pool = self.prefix_pools.get(prefix_of(number, self.settings.pool_prefix_len))
+        if pool is not None:
+            feats.update(pool.summary(state.hwm_minute))
+        trunk = self.trunks.get(number)
+        if trunk and trunk in self.trunk_pools:
+            tsum = self.trunk_pools[trunk].summary(state.hwm_minute)
+            feats.update({f"trunk_{k[5:]}": v for k, v in tsum.items()})
+        return feats
+
+    def _score(self, number: str, state: CallerState) -> Decision | None:
+        feats = self.feature_vector(number, state)
+        parts = self.scorer.score(feats)
+        metrics.SCORED.inc()
+        state.scored_attempts = state.attempts_total
+        self._remember_features(number, feats)
+        policy = self.control.policy
+        current = CurrentAction(state.action, state.action_until, state.action_score,
+                                state.action_dry)
+        decided_at = self.clock()
+        decision, held = decide(policy, self.control.allowlist, self.limiter, number,
+                                parts.score, feats, current, state.hwm_ts, decided_at)
+        self.sink.score(ScoreRecord(
+            number=number, ts=state.hwm_ts, score=round(parts.score, 4),
+            anomaly=round(parts.anomaly, 4), prior=round(parts.prior, 4),
+            classifier=None if parts.classifier is None else round(parts.classifier, 4),
+            features={k: round(v, 4) for k, v in feats.items()}, action=held,
+            policy=policy.name, policy_version=policy.version))
+        if decision is None:
+            return None
+        if decision.dry_run and not policy.dry_run:
+            metrics.LIMITER_TRIPS.inc()
+        state.action = decision.action
+        state.action_until = decision.trigger_ts + decision.ttl_s
+        state.action_score = decision.score
+        state.action_dry = decision.dry_run
+        metrics.DECISIONS.labels(decision.action, decision.policy,
+                                 str(decision.dry_run).lower()).inc()
+        metrics.DETECTION_LAG.observe(max(decided_at - decision.trigger_ts, 0.0))
+        self.sink.decision(decision)
+        return decision
+
+    def _remember_features(self, number: str, feats: dict[str, float]) -> None:
+        self.last_features[number] = feats
+        self.last_features.move_to_end(number)
+        if len(self.last_features) > LABEL_FEATURE_CACHE:
+            self.last_features.popitem(last=False)
+
+    def _learn_labels(self) -> None:
+        for label in self.control.drain_labels():
+            feats = self.last_features.get(label.number)
+            if feats is None:
+                raw = self.store.get(label.number) if label.number not in self.cache else None
+                state = self.cache.get(label.number) or (
+                    CallerState.from_bytes(raw) if raw else None)
+                if state is None:
+                    continue  # another worker owns this number and learns from it
+                feats = self.feature_vector(label.number, state)
+            self.scorer.learn_label(feats, label.target)
+            metrics.LABELS_LEARNED.labels(str(label.target)).inc()

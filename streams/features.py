@@ -1,0 +1,323 @@
+"""Per-number windowed counters on event time, and the feature math over them.
+
+State per caller is a ring of one-minute buckets (sparse: only minutes with traffic are stored)
+covering the longest window, plus a bounded map of recently dialled callees for distinct counts.
+Windows of 1, 10 and 60 minutes are sums over the newest buckets, so one update serves all three
+(hopping windows with a one-minute hop). Everything here is plain Python without Kafka: the
+worker folds events in with :meth:`CallerState.add`, serialises the state once per micro-batch,
+and asks :func:`features` for the vector the model scores.
+
+Time is the *event's* time, never the wall clock: a replay or a simulation running faster than
+real time yields the same counters as live traffic.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Iterable
+
+import orjson
+
+from streams.schema import (ISUP_BUSY_OR_NO_ANSWER, ISUP_REJECTED, ISUP_UNALLOCATED,
+                            SIP_BUSY_OR_NO_ANSWER, SIP_REJECTED, SIP_UNALLOCATED,
+                            SignalingEvent)
+
+MINUTE_S = 60
+#: Window lengths in minutes; names are used in feature keys and in reasons.
+WINDOWS: dict[str, int] = {"1m": 1, "10m": 10, "1h": 60}
+RING_MINUTES = max(WINDOWS.values())
+
+# Bucket slots: one flat list per minute keeps the serialised state small.
+ATTEMPTS, ANSWERED, RELEASES, SHORT, DUR_SUM, F_UNALLOC, F_BUSY, F_REJECTED, F_OTHER, SEQ, \
+    GAP_N, GAP_SUM, GAP_SQ, ATTEST_A, ATTEST_C = range(15)
+N_SLOTS = 15
+
+FAIL_UNALLOCATED = "unallocated"
+FAIL_BUSY_NO_ANSWER = "busy_no_answer"
+FAIL_REJECTED = "rejected"
+FAIL_OTHER = "other"
+#: Gaps longer than this are pauses between bursts, not the rhythm of one burst.
+MAX_RHYTHM_GAP_S = 300.0
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    short_call_s: float = 10.0
+    sequential_max_step: int = 3
+    distinct_callees_cap: int = 512
+    late_grace_s: float = 120.0
+
+
+def fail_class(proto: str, code: int | None) -> str:
+    """Class of a failed call from its SIP status or ISUP cause."""
+    if code is None:
+        return FAIL_OTHER
+    if proto == "isup":
+        unalloc, busy, rejected = ISUP_UNALLOCATED, ISUP_BUSY_OR_NO_ANSWER, ISUP_REJECTED
+    else:
+        unalloc, busy, rejected = SIP_UNALLOCATED, SIP_BUSY_OR_NO_ANSWER, SIP_REJECTED
+    if code in unalloc:
+        return FAIL_UNALLOCATED
+    if code in busy:
+        return FAIL_BUSY_NO_ANSWER
+    if code in rejected:
+        return FAIL_REJECTED
+    return FAIL_OTHER
+
+
+_FAIL_SLOT = {FAIL_UNALLOCATED: F_UNALLOC, FAIL_BUSY_NO_ANSWER: F_BUSY,
+              FAIL_REJECTED: F_REJECTED, FAIL_OTHER: F_OTHER}
+
+
+def callee_key(callee: str) -> int:
+    """Stable 32-bit key of a callee (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(callee.encode())
+
+
+def _callee_value(callee: str) -> int:
+    return int(callee) if callee.isdigit() else -1
+
+
+class CallerState:
+    """Windowed counters of one caller plus the decision state the policy keeps for it."""
+
+    __slots__ = ("hwm_ts", "buckets", "callees", "last_attempt_ts", "last_callee",
+                 "attempts_total", "scored_attempts", "action", "action_until", "action_score",
+                 "action_dry")
+
+    def __init__(self) -> None:
+        self.hwm_ts: float = 0.0
+        #: minute index (epoch minutes) -> slot list
+        self.buckets: dict[int, list[float]] = {}
+        #: callee key -> last minute dialled
+        self.callees: dict[int, int] = {}
+        self.last_attempt_ts: float = 0.0
+        self.last_callee: int = -1
+        self.attempts_total: int = 0
+        #: attempts_total at the last score (so we score again only when counters moved)
+        self.scored_attempts: int = 0
+        self.action: str = ""
+        self.action_until: float = 0.0
+        self.action_score: float = 0.0
+        self.action_dry: bool = False
+
+    # -- updates --------------------------------------------------------------------------
+    def add(self, ev: SignalingEvent, cfg: FeatureConfig) -> bool:
+        """Fold one event in. Returns False if it is too late to count (caller must meter it)."""
+        if ev.ts < self.hwm_ts - cfg.late_grace_s:
+            return False
+        minute = int(ev.ts // MINUTE_S)
+        if ev.ts > self.hwm_ts:
+            self.hwm_ts = ev.ts
+            self._evict(minute)
+        bucket = self.buckets.get(minute)
+        if bucket is None:
+            bucket = self.buckets[minute] = [0.0] * N_SLOTS
+        kind = ev.kind
+        if kind == "attempt":
+            self._add_attempt(ev, minute, bucket, cfg)
+        elif kind == "answer":
+            bucket[ANSWERED] += 1
+        elif kind == "release":
+            bucket[RELEASES] += 1
+            duration = ev.duration_s or 0.0
+            bucket[DUR_SUM] += duration
+            if duration < cfg.short_call_s:
+                bucket[SHORT] += 1
+        else:
+            bucket[_FAIL_SLOT[fail_class(ev.proto, ev.code)]] += 1
+        return True
+
+    def _add_attempt(self, ev: SignalingEvent, minute: int, bucket: list[float],
+                     cfg: FeatureConfig) -> None:
+        bucket[ATTEMPTS] += 1
+        self.attempts_total += 1
+        if ev.attest == "A":
+            bucket[ATTEST_A] += 1
+        elif ev.attest == "C":
+            bucket[ATTEST_C] += 1
+        value = _callee_value(ev.callee)
+        if value >= 0 and self.last_callee >= 0 and \
+                0 < abs(value - self.last_callee) <= cfg.sequential_max_step:
+            bucket[SEQ] += 1
+        self.last_callee = value
+        if self.last_attempt_ts and ev.ts >= self.last_attempt_ts:
+            gap = ev.ts - self.last_attempt_ts
+            if gap <= MAX_RHYTHM_GAP_S:
+                bucket[GAP_N] += 1
+                bucket[GAP_SUM] += gap
+                bucket[GAP_SQ] += gap * gap
+        self.last_attempt_ts = max(self.last_attempt_ts, ev.ts)
+        key = callee_key(ev.callee)
+        callees = self.callees
+        if key in callees:
+            callees[key] = max(callees[key], minute)
+        else:
+            if len(callees) >= cfg.distinct_callees_cap:
+                oldest = min(callees, key=callees.__getitem__)
+                del callees[oldest]
+            callees[key] = minute
+
+    def _evict(self, now_minute: int) -> None:
+        horizon = now_minute - RING_MINUTES
+        stale = [m for m in self.buckets if m <= horizon]
+        for m in stale:
+            del self.buckets[m]
+        if stale:
+            old = [k for k, m in self.callees.items() if m <= horizon]
+            for k in old:
+                del self.callees[k]
+
+    # -- reads ----------------------------------------------------------------------------
+    @property
+    def hwm_minute(self) -> int:
+        return int(self.hwm_ts // MINUTE_S)
+
+    def window(self, minutes: int) -> list[float]:
+        """Slot sums over the newest ``minutes`` minutes (ending at this caller's newest event)."""
+        start = self.hwm_minute - minutes
+        total = [0.0] * N_SLOTS
+        for m, bucket in self.buckets.items():
+            if m > start:
+                for i, v in enumerate(bucket):
+                    total[i] += v
+        return total
+
+    def distinct_callees(self, minutes: int) -> int:
+        start = self.hwm_minute - minutes
+        return sum(1 for m in self.callees.values() if m > start)
+
+    def attempts(self, minutes: int) -> int:
+        start = self.hwm_minute - minutes
+        return int(sum(b[ATTEMPTS] for m, b in self.buckets.items() if m > start))
+
+    def is_idle(self, now_ts: float) -> bool:
+        """No traffic within the longest window: the state can be forgotten."""
+        return now_ts - self.hwm_ts > RING_MINUTES * MINUTE_S and now_ts > self.action_until
+
+    # -- persistence ----------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([
+            self.hwm_ts, [[m, *b] for m, b in self.buckets.items()],
+            list(self.callees.items()), self.last_attempt_ts, self.last_callee,
+            self.attempts_total, self.scored_attempts, self.action, self.action_until,
+            self.action_score, self.action_dry,
+        ])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "CallerState":
+        (hwm, buckets, callees, last_ts, last_callee, total, scored, action, until,
+         action_score, action_dry) = orjson.loads(raw)
+        st = cls()
+        st.hwm_ts = hwm
+        st.buckets = {int(row[0]): list(row[1:]) for row in buckets}
+        st.callees = {int(k): int(m) for k, m in callees}
+        st.last_attempt_ts = last_ts
+        st.last_callee = last_callee
+        st.attempts_total = total
+        st.scored_attempts = scored
+        st.action_dry = action_dry
+        st.action = action
+        st.action_until = until
+        st.action_score = action_score
+        return st
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else 0.0
+
+
+def gap_cv(n: float, total: float, sq: float) -> float:
+    """Coefficient of variation of inter-attempt gaps: low for machine-paced dialing."""
+    if n < 2 or total <= 0:
+        return 1.0
+    mean = total / n
+    var = max(sq / n - mean * mean, 0.0)
+    return math.sqrt(var) / mean
+
+
+def features(state: CallerState) -> dict[str, float]:
+    """The feature vector of a caller, per window. Ratios are in [0, 1]; counts are raw."""
+    out: dict[str, float] = {}
+    for name, minutes in WINDOWS.items():
+        w = state.window(minutes)
+        attempts = w[ATTEMPTS]
+        fails = w[F_UNALLOC] + w[F_BUSY] + w[F_REJECTED] + w[F_OTHER]
+        distinct = state.distinct_callees(minutes)
+        out[f"attempts_{name}"] = attempts
+        out[f"distinct_{name}"] = float(distinct)
+        out[f"answered_{name}"] = w[ANSWERED]
+        out[f"released_{name}"] = w[RELEASES]
+        out[f"short_{name}"] = w[SHORT]
+        out[f"unallocated_{name}"] = w[F_UNALLOC]
+        out[f"answer_ratio_{name}"] = min(_ratio(w[ANSWERED], attempts), 1.0)
+        out[f"short_ratio_{name}"] = _ratio(w[SHORT], w[RELEASES])
+        out[f"mean_duration_{name}"] = _ratio(w[DUR_SUM], w[RELEASES])
+        out[f"fail_ratio_{name}"] = min(_ratio(fails, attempts), 1.0)
+        out[f"unallocated_ratio_{name}"] = min(_ratio(w[F_UNALLOC], attempts), 1.0)
+        out[f"rejected_ratio_{name}"] = min(_ratio(w[F_REJECTED], attempts), 1.0)
+        out[f"sequential_ratio_{name}"] = min(_ratio(w[SEQ], attempts - 1), 1.0)
+        out[f"breadth_{name}"] = min(_ratio(distinct, attempts), 1.0)
+        out[f"gap_cv_{name}"] = gap_cv(w[GAP_N], w[GAP_SUM], w[GAP_SQ])
+        out[f"attest_a_ratio_{name}"] = min(_ratio(w[ATTEST_A], attempts), 1.0)
+        out[f"attest_c_ratio_{name}"] = min(_ratio(w[ATTEST_C], attempts), 1.0)
+    return out
+
+
+class PoolCounters:
+    """Per-prefix or per-trunk aggregate: distinct active callers and their attempts per hour.
+
+    Snowshoe campaigns spread over hundreds of numbers so that each stays under any per-number
+    threshold; the pool as a whole does not. Kept in memory per worker (see README, "Limits").
+    """
+
+    __slots__ = ("callers", "attempts", "answered", "short", "releases")
+
+    def __init__(self) -> None:
+        self.callers: dict[str, int] = {}
+        self.attempts: dict[int, int] = {}
+        self.answered: dict[int, int] = {}
+        self.short: dict[int, int] = {}
+        self.releases: dict[int, int] = {}
+
+    def add(self, ev: SignalingEvent, short_call_s: float) -> None:
+        minute = int(ev.ts // MINUTE_S)
+        if ev.kind == "attempt":
+            self.callers[ev.caller] = max(self.callers.get(ev.caller, 0), minute)
+            self.attempts[minute] = self.attempts.get(minute, 0) + 1
+        elif ev.kind == "answer":
+            self.answered[minute] = self.answered.get(minute, 0) + 1
+        elif ev.kind == "release":
+            self.releases[minute] = self.releases.get(minute, 0) + 1
+            if (ev.duration_s or 0.0) < short_call_s:
+                self.short[minute] = self.short.get(minute, 0) + 1
+
+    def summary(self, now_minute: int, minutes: int = RING_MINUTES) -> dict[str, float]:
+        start = now_minute - minutes
+        self._evict(start)
+        attempts = sum(self.attempts.values())
+        releases = sum(self.releases.values())
+        return {
+            "pool_callers": float(len(self.callers)),
+            "pool_attempts": float(attempts),
+            "pool_answer_ratio": min(_ratio(sum(self.answered.values()), attempts), 1.0),
+            "pool_short_ratio": _ratio(sum(self.short.values()), releases),
+        }
+
+    def _evict(self, start: int) -> None:
+        for d in (self.attempts, self.answered, self.short, self.releases):
+            for m in [m for m in d if m <= start]:
+                del d[m]
+        for c in [c for c, m in self.callers.items() if m <= start]:
+            del self.callers[c]
+
+
+def fold(events: Iterable[SignalingEvent], cfg: FeatureConfig,
+         state: CallerState | None = None) -> CallerState:
+    """Fold events into a (new) state: handy for tests and for replays."""
+    st = state or CallerState()
+    for ev in events:
+        st.add(ev, cfg)
+    return st

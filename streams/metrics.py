@@ -1,0 +1,31 @@
+"""Prometheus metrics of the worker. Bounded labels only: never a phone number as a label."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_IN = Counter("dialguard_events_total", "Signaling events accepted by the worker",
+                    ["proto", "kind"])
+DEAD_LETTERS = Counter("dialguard_dead_letters_total",
+                       "Records sent to the dead-letter topic, by reason", ["reason"])
+LATE_DROPPED = Counter("dialguard_late_events_dropped_total",
+                       "Events older than the late grace for their number, not counted")
+SCORED = Counter("dialguard_scores_total", "Feature vectors scored by the online models")
+DECISIONS = Counter("dialguard_decisions_total", "Decisions published",
+                    ["action", "policy", "dry_run"])
+LIMITER_TRIPS = Counter("dialguard_block_limiter_trips_total",
+                        "New blocks turned into dry-run by the blast-radius limiter")
+LABELS_LEARNED = Counter("dialguard_labels_learned_total",
+                         "Feedback labels the supervised model learned from", ["target"])
+CONTROL_RECORDS = Counter("dialguard_control_records_total",
+                          "Records read from control topics, by topic and outcome",
+                          ["topic", "outcome"])
+POLICY_VERSION = Gauge("dialguard_policy_version", "Version of the policy in force", ["policy"])
+TRACKED_NUMBERS = Gauge("dialguard_tracked_numbers", "Numbers held in the worker's hot cache")
+FLUSH_SECONDS = Histogram("dialguard_flush_seconds",
+                          "Time to fold a micro-batch into state, score and decide",
+                          buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+DETECTION_LAG = Histogram("dialguard_decision_latency_seconds",
+                          "Wall time from the triggering event's time to the decision "
+                          "(meaningful on live traffic, not on replays)",
+                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))

@@ -1,0 +1,333 @@
+"""What a score means: the analyst-owned policy, the allowlist, and the decision function.
+
+The worker never hard-codes a threshold: it asks :func:`decide` with the policy currently read
+from the compacted ``control.policy`` topic. The order of checks is the order of harm:
+allowlisted (emergency and protected numbers, never blocked) first, then do-not-originate
+(numbers that must never call, blocked on sight), then thresholds gated by minimum evidence so a
+low-volume person is never blocked, then hysteresis so a number does not flap, then the blast
+radius limiter. Every decision carries reasons a person can read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+from streams.schema import AllowEntry, Decision
+
+#: Actions in increasing severity; "unblock" is issued by people, not by thresholds.
+SEVERITY: dict[str, int] = {"": 0, "label": 1, "rate_limit": 2, "block": 3}
+THRESHOLD_ACTIONS = ("label", "rate_limit", "block")
+
+#: Built into every worker and not removable through control.allowlist: emergency services
+#: (China 110/119/120/122, GSM 112, North America 911, EU 999/000 style short codes) and the
+#: redress line blocked callers are pointed to.
+BUILTIN_ALLOW: dict[str, str] = {
+    "110": "emergency: police (CN)", "119": "emergency: fire (CN)",
+    "120": "emergency: ambulance (CN)", "122": "emergency: traffic police (CN)",
+    "112": "emergency: GSM/EU", "911": "emergency: NANP", "999": "emergency: UK/HK",
+    "000": "emergency: AU", "12110": "emergency: SMS police (CN)",
+}
+
+
+class PolicyError(ValueError):
+    """A policy that must not be applied; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    label: float = 0.5
+    rate_limit: float = 0.7
+    block: float = 0.85
+
+    def validate(self, where: str = "thresholds") -> None:
+        vals = (self.label, self.rate_limit, self.block)
+        for name, v in zip(THRESHOLD_ACTIONS, vals):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                    or not 0.0 <= v <= 1.0:
+                raise PolicyError(f"{where}.{name} must be a number in [0, 1], got {v!r}")
+        if not self.label <= self.rate_limit <= self.block:
+            raise PolicyError(f"{where} must satisfy label <= rate_limit <= block, got {vals}")
+
+    def of(self, action: str) -> float:
+        return float(getattr(self, action))
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str = "default"
+    version: int = 1
+    author: str = "builtin"
+    reason: str = "built-in defaults"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    #: Per-prefix threshold overrides (longest prefix wins), e.g. {"86400": {...}}.
+    prefix_overrides: dict[str, Thresholds] = field(default_factory=dict)
+    #: No rate_limit or block before a number has made this many attempts in the last hour
+    #: to this many distinct callees, and this many of its attempts have an outcome.
+    min_attempts: int = 30
+    min_distinct: int = 20
+    min_outcomes: int = 20
+    ttl_s: dict[str, int] = field(default_factory=lambda: {
+        "label": 3600, "rate_limit": 1800, "block": 3600})
+    #: A number keeps its action until the score falls this far below the action's threshold.
+    hysteresis: float = 0.1
+    dry_run: bool = False
+    #: New blocks beyond this many per minute (event time) are turned into dry-run.
+    max_blocks_per_min: int = 50
+    #: Caller prefixes that must never originate calls (unallocated ranges, inbound-only).
+    do_not_originate: tuple[str, ...] = ()
+
+    def validate(self) -> "Policy":
+        if not self.name or not isinstance(self.name, str):
+            raise PolicyError("name must be a non-empty string")
+        if not isinstance(self.version, int) or self.version < 1:
+            raise PolicyError(f"version must be a positive integer, got {self.version!r}")
+        self.thresholds.validate()
+        for prefix, t in self.prefix_overrides.items():
+            if not prefix.isdigit():
+                raise PolicyError(f"prefix_overrides key {prefix!r} must be digits")
+            t.validate(f"prefix_overrides[{prefix}]")
+        for name in ("min_attempts", "min_distinct", "min_outcomes", "max_blocks_per_min"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise PolicyError(f"{name} must be a non-negative integer, got {v!r}")
+        for action in THRESHOLD_ACTIONS:
+            v = self.ttl_s.get(action)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise PolicyError(f"ttl_s.{action} must be a positive integer of seconds")
+        if not isinstance(self.hysteresis, (int, float)) or not 0 <= self.hysteresis < 1:
+            raise PolicyError(f"hysteresis must be in [0, 1), got {self.hysteresis!r}")
+        if not isinstance(self.dry_run, bool):
+            raise PolicyError("dry_run must be true or false")
+        for p in self.do_not_originate:
+            if not isinstance(p, str) or not p.isdigit():
+                raise PolicyError(f"do_not_originate entry {p!r} must be digits")
+        return self
+
+    def thresholds_for(self, number: str) -> tuple[Thresholds, str]:
+        best = ""
+        for prefix in self.prefix_overrides:
+            if number.startswith(prefix) and len(prefix) > len(best):
+                best = prefix
+        return (self.prefix_overrides[best], best) if best else (self.thresholds, "")
+
+    # -- wire -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["do_not_originate"] = list(self.do_not_originate)
+        return d
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "Policy":
+        if not isinstance(obj, Mapping):
+            raise PolicyError("a policy must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(obj) - known
+        if unknown:
+            raise PolicyError(f"unknown policy fields: {', '.join(sorted(unknown))}")
+        data = dict(obj)
+        try:
+            if "thresholds" in data:
+                data["thresholds"] = _thresholds(data["thresholds"], "thresholds")
+            if "prefix_overrides" in data:
+                data["prefix_overrides"] = {
+                    str(k): _thresholds(v, f"prefix_overrides[{k}]")
+                    for k, v in dict(data["prefix_overrides"]).items()}
+            if "ttl_s" in data:
+                data["ttl_s"] = {**Policy().ttl_s, **dict(data["ttl_s"])}
+            if "do_not_originate" in data:
+                data["do_not_originate"] = tuple(data["do_not_originate"])
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, PolicyError):
+                raise
+            raise PolicyError(str(exc)) from None
+        return cls(**data).validate()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Policy":
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise PolicyError(f"policy is not JSON: {exc.msg}") from None
+        return cls.from_dict(obj)
+
+
+def _thresholds(obj: Any, where: str) -> Thresholds:
+    if not isinstance(obj, Mapping):
+        raise PolicyError(f"{where} must be an object with label, rate_limit, block")
+    unknown = set(obj) - set(THRESHOLD_ACTIONS)
+    if unknown:
+        raise PolicyError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
+    t = Thresholds(**{**asdict(Thresholds()), **obj})
+    t.validate(where)
+    return t
+
+
+class AllowList:
+    """Built-in protected numbers plus analyst entries from ``control.allowlist``."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, AllowEntry] = {}
+
+    def apply(self, key: str, entry: AllowEntry | None) -> None:
+        """Apply one compacted-topic record (None = tombstone = removed)."""
+        if entry is None:
+            self.entries.pop(key, None)
+        else:
+            self.entries[key] = entry
+
+    def match(self, number: str, now: float) -> str | None:
+        """Why this number is protected, or None."""
+        if number in BUILTIN_ALLOW:
+            return BUILTIN_ALLOW[number]
+        entry = self.entries.get(number)
+        if entry is not None and (not entry.expires_at or entry.expires_at > now):
+            return entry.reason or "allowlisted"
+        for e in self.entries.values():
+            if e.prefix and number.startswith(e.number) and \
+                    (not e.expires_at or e.expires_at > now):
+                return e.reason or f"allowlisted prefix {e.number}"
+        return None
+
+
+@dataclass
+class CurrentAction:
+    """What the policy last did to a number (persisted with the number's counters)."""
+
+    action: str = ""
+    until: float = 0.0
+    score: float = 0.0
+    dry_run: bool = False
+
+    def active(self, now: float) -> str:
+        return self.action if now < self.until else ""
+
+
+class BlockLimiter:
+    """Bounds new blocks per event-time minute: a misfiring model must not cut off a city."""
+
+    def __init__(self) -> None:
+        self.minute = -1
+        self.count = 0
+        self.trips = 0
+
+    def allow(self, ts: float, limit: int) -> bool:
+        minute = int(ts // 60)
+        if minute != self.minute:
+            self.minute, self.count = minute, 0
+        if self.count >= limit:
+            self.trips += 1
+            return False
+        self.count += 1
+        return True
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def explain(feats: Mapping[str, float]) -> str:
+    """The counters behind a score, in words (the first reason of every decision)."""
+    parts = [f"{feats.get('attempts_10m', 0):.0f} attempts in 10 min "
+             f"({feats.get('attempts_1h', 0):.0f} in 1 h) to "
+             f"{feats.get('distinct_1h', 0):.0f} distinct numbers",
+             f"{_pct(feats.get('answer_ratio_1h', 0))} answered",
+             f"{_pct(feats.get('short_ratio_1h', 0))} of answered calls < short limit"]
+    if feats.get("unallocated_ratio_1h", 0) >= 0.05:
+        parts.append(f"{_pct(feats['unallocated_ratio_1h'])} unallocated")
+    if feats.get("sequential_ratio_1h", 0) >= 0.1:
+        parts.append(f"{_pct(feats['sequential_ratio_1h'])} sequential")
+    return ", ".join(parts)
+
+
+def evidence_ok(policy: Policy, feats: Mapping[str, float]) -> tuple[bool, str]:
+    attempts = feats.get("attempts_1h", 0.0)
+    distinct = feats.get("distinct_1h", 0.0)
+    outcomes = feats.get("answered_1h", 0.0) + feats.get("fail_ratio_1h", 0.0) * attempts
+    if attempts < policy.min_attempts:
+        return False, f"only {attempts:.0f} attempts < min {policy.min_attempts}"
+    if distinct < policy.min_distinct:
+        return False, f"only {distinct:.0f} distinct callees < min {policy.min_distinct}"
+    if outcomes < policy.min_outcomes:
+        return False, f"only {outcomes:.0f} settled calls < min {policy.min_outcomes}"
+    return True, ""
+
+
+def decide(policy: Policy, allow: AllowList, limiter: BlockLimiter, number: str,
+           score: float, feats: Mapping[str, float], current: CurrentAction,
+           trigger_ts: float, decided_at: float) -> tuple[Decision | None, str | None]:
+    """Return (decision to publish or None, the action in force after this score or None).
+
+    A decision is published when the action escalates, or when the action still holds and its
+    TTL is more than half spent (a refresh, so switches keep blocking a number that keeps
+    dialing). Nothing is published for a number whose action holds and is fresh.
+    """
+    protected = allow.match(number, trigger_ts)
+    if protected is not None:
+        return None, None
+    policy_tag = f"policy {policy.name} v{policy.version}"
+    for prefix in policy.do_not_originate:
+        if number.startswith(prefix):
+            return _emit(policy, number, "block", 1.0, [
+                f"caller ID in do-not-originate range {prefix}: must never originate calls",
+                policy_tag], current, trigger_ts, decided_at, limiter)
+    thresholds, override = thresholds_for_tag(policy, number)
+    target = ""
+    for action in reversed(THRESHOLD_ACTIONS):
+        if score >= thresholds.of(action):
+            target = action
+            break
+    held = current.active(trigger_ts)
+    # Hysteresis: keep a stronger action while the score stays within the band below it.
+    if SEVERITY[held] > SEVERITY[target] and \
+            score >= thresholds.of(held) - policy.hysteresis:
+        target = held
+    gate_note = ""
+    if SEVERITY[target] >= SEVERITY["rate_limit"]:
+        ok, why = evidence_ok(policy, feats)
+        if not ok:
+            gate_note = f"not enough evidence for {target}: {why}"
+            target = "label" if SEVERITY[held] < SEVERITY["rate_limit"] else held
+    if not target:
+        return None, held or None
+    fired = thresholds.of(target)
+    reasons = [explain(feats),
+               f"score {score:.2f} >= {target} {fired:.2f}{override}, {policy_tag}"]
+    if gate_note:
+        reasons.append(gate_note)
+    return _emit(policy, number, target, score, reasons, current, trigger_ts, decided_at,
+                 limiter)
+
+
+def thresholds_for_tag(policy: Policy, number: str) -> tuple[Thresholds, str]:
+    thresholds, prefix = policy.thresholds_for(number)
+    return thresholds, (f" (override for prefix {prefix})" if prefix else "")
+
+
+def _emit(policy: Policy, number: str, action: str, score: float, reasons: list[str],
+          current: CurrentAction, trigger_ts: float, decided_at: float,
+          limiter: BlockLimiter) -> tuple[Decision | None, str | None]:
+    held = current.active(trigger_ts)
+    ttl = policy.ttl_s[action]
+    dry_run = policy.dry_run
+    # A dry-run decision is re-issued for real once dry-run is lifted (or the limiter frees up).
+    same_mode = current.dry_run == dry_run
+    if held == action and same_mode and current.until - trigger_ts > ttl / 2:
+        return None, held
+    if SEVERITY[held] > SEVERITY[action]:
+        return None, held
+    if action == "block" and not dry_run and (held != "block" or current.dry_run) and \
+            not limiter.allow(trigger_ts, policy.max_blocks_per_min):
+        dry_run = True
+        reasons = reasons + [f"block limiter tripped: more than {policy.max_blocks_per_min} "
+                             "new blocks this minute, issued as dry-run"]
+    decision = Decision(number=number, action=action, ttl_s=ttl, score=round(score, 4),
+                        reasons=reasons, policy=policy.name, policy_version=policy.version,
+                        decided_at=decided_at, trigger_ts=trigger_ts, dry_run=dry_run)
+    return decision, action

@@ -1,0 +1,274 @@
+"""Wire schema v1 (JSON via orjson): the only module that spells a record's field names.
+
+Probes and switches written by other teams read and write these records, so field names follow
+DESIGN.md exactly and only ever grow. The decoder is strict: anything it cannot trust raises
+:class:`InvalidEvent` with a short machine reason (a metric label and DLQ header) and a human
+detail, so the worker can route the original bytes to the dead-letter topic and carry on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from streams.numbers import InvalidNumber, NumberPlan
+
+SCHEMA_VERSION = 1
+
+Proto = Literal["sip", "isup"]
+Kind = Literal["attempt", "answer", "release", "fail"]
+Action = Literal["block", "rate_limit", "label", "unblock"]
+LabelKind = Literal["complaint", "appeal_upheld", "appeal_denied", "analyst_robot",
+                    "analyst_legit", "callback_ok", "legit", "robot"]
+
+PROTOS: frozenset[str] = frozenset({"sip", "isup"})
+KINDS: tuple[str, ...] = ("attempt", "answer", "release", "fail")
+ACTIONS: tuple[str, ...] = ("label", "rate_limit", "block", "unblock")
+ATTESTATIONS: frozenset[str] = frozenset({"A", "B", "C"})
+#: Labels that say the number is a nuisance robot (1) or a legitimate caller (0).
+LABEL_TARGET: dict[str, int] = {
+    "complaint": 1, "appeal_denied": 1, "analyst_robot": 1, "robot": 1,
+    "appeal_upheld": 0, "analyst_legit": 0, "callback_ok": 0, "legit": 0,
+}
+
+# DLQ reasons: bounded set, used as a metric label.
+REASON_NOT_JSON = "not_json"
+REASON_NOT_OBJECT = "not_object"
+REASON_VERSION = "unsupported_version"
+REASON_MISSING = "missing_field"
+REASON_TYPE = "wrong_type"
+REASON_VALUE = "bad_value"
+REASON_NUMBER = "bad_number"
+REASON_FUTURE = "future_timestamp"
+DLQ_REASONS: tuple[str, ...] = (REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_VERSION,
+                                REASON_MISSING, REASON_TYPE, REASON_VALUE, REASON_NUMBER,
+                                REASON_FUTURE)
+
+# DLQ record headers (the value is the original bytes, untouched).
+DLQ_HEADER_REASON = "dlq.reason"
+DLQ_HEADER_DETAIL = "dlq.detail"
+DLQ_HEADER_SOURCE = "dlq.source"
+DLQ_HEADER_TOPIC = "dlq.topic"
+DLQ_HEADER_PARTITION = "dlq.partition"
+DLQ_HEADER_OFFSET = "dlq.offset"
+
+# SIP status codes and ISUP cause values that mean "no such number": the scanning signal.
+SIP_UNALLOCATED = frozenset({404, 484})
+ISUP_UNALLOCATED = frozenset({1, 28})
+SIP_BUSY_OR_NO_ANSWER = frozenset({408, 480, 486, 487, 600})
+ISUP_BUSY_OR_NO_ANSWER = frozenset({17, 18, 19})
+SIP_REJECTED = frozenset({403, 603, 607, 608})
+ISUP_REJECTED = frozenset({21})
+#: What a switch answers a blocked caller (the "603+" with redress contact; ISUP cause 21).
+SIP_BLOCKED_CODE = 603
+ISUP_BLOCKED_CAUSE = 21
+
+
+class InvalidEvent(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class SignalingEvent:
+    ts: float
+    proto: str
+    kind: str
+    call_id: str
+    caller: str
+    callee: str
+    code: int | None = None
+    duration_s: float | None = None
+    trunk: str | None = None
+    switch: str | None = None
+    attest: str | None = None
+    v: int = SCHEMA_VERSION
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @property
+    def key(self) -> bytes:
+        return self.caller.encode()
+
+
+_REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("v", int), ("ts", (int, float)), ("proto", str), ("kind", str), ("call_id", str),
+    ("caller", str), ("callee", str),
+)
+_OPTIONAL: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("code", int), ("duration_s", (int, float)), ("trunk", str), ("switch", str),
+    ("attest", str),
+)
+
+
+@dataclass(frozen=True)
+class EventValidator:
+    """Turns raw bytes into a trusted :class:`SignalingEvent` or raises :class:`InvalidEvent`."""
+
+    plan: NumberPlan = field(default_factory=NumberPlan)
+    max_future_skew_s: float = 300.0
+    max_duration_s: float = 86_400.0
+
+    def decode(self, raw: bytes, now: float | None = None) -> SignalingEvent:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent(REASON_NOT_JSON, f"not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise InvalidEvent(REASON_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        for name, kind in _REQUIRED:
+            if name not in obj or obj[name] is None:
+                raise InvalidEvent(REASON_MISSING, f"field {name!r} is missing")
+            _check_type(obj, name, kind)
+        for name, kind in _OPTIONAL:
+            if obj.get(name) is not None:
+                _check_type(obj, name, kind)
+        if obj["v"] != SCHEMA_VERSION:
+            raise InvalidEvent(REASON_VERSION, f"schema version {obj['v']} is not {SCHEMA_VERSION}")
+        ts = float(obj["ts"])
+        if not math.isfinite(ts) or ts <= 0:
+            raise InvalidEvent(REASON_VALUE, f"ts {obj['ts']!r} is not a positive epoch time")
+        wall = time.time() if now is None else now
+        if ts > wall + self.max_future_skew_s:
+            raise InvalidEvent(REASON_FUTURE, f"ts {ts:.0f} is {ts - wall:.0f}s in the future")
+        if obj["proto"] not in PROTOS:
+            raise InvalidEvent(REASON_VALUE, f"proto {obj['proto']!r} is not one of sip, isup")
+        if obj["kind"] not in KINDS:
+            raise InvalidEvent(REASON_VALUE, f"kind {obj['kind']!r} is not one of {', '.join(KINDS)}")
+        if not obj["call_id"]:
+            raise InvalidEvent(REASON_VALUE, "call_id is empty")
+        duration = obj.get("duration_s")
+        if duration is not None:
+            duration = float(duration)
+            if not math.isfinite(duration) or duration < 0 or duration > self.max_duration_s:
+                raise InvalidEvent(REASON_VALUE, f"duration_s {obj['duration_s']!r} is out of range")
+        code = obj.get("code")
+        if code is not None and not 0 <= code <= 999:
+            raise InvalidEvent(REASON_VALUE, f"code {code} is out of range")
+        attest = obj.get("attest")
+        if attest is not None and attest not in ATTESTATIONS:
+            raise InvalidEvent(REASON_VALUE, f"attest {attest!r} is not A, B or C")
+        try:
+            caller = self.plan.normalise(obj["caller"])
+        except InvalidNumber as exc:
+            raise InvalidEvent(REASON_NUMBER, f"caller: {exc}") from None
+        try:
+            callee = self.plan.normalise(obj["callee"])
+        except InvalidNumber as exc:
+            raise InvalidEvent(REASON_NUMBER, f"callee: {exc}") from None
+        return SignalingEvent(ts=ts, proto=obj["proto"], kind=obj["kind"], call_id=obj["call_id"],
+                              caller=caller, callee=callee, code=code, duration_s=duration,
+                              trunk=obj.get("trunk"), switch=obj.get("switch"), attest=attest)
+
+
+def _check_type(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> None:
+    value = obj[name]
+    # bool is an int subclass in Python; a probe sending true for a code is a broken probe.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidEvent(REASON_TYPE, f"field {name!r} must be {want}, got {type(value).__name__}")
+
+
+@dataclass(slots=True)
+class Decision:
+    number: str
+    action: str
+    ttl_s: int
+    score: float
+    reasons: list[str]
+    policy: str
+    policy_version: int
+    decided_at: float
+    trigger_ts: float
+    dry_run: bool = False
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Decision":
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(slots=True)
+class ScoreRecord:
+    number: str
+    ts: float
+    score: float
+    anomaly: float
+    prior: float
+    classifier: float | None
+    features: dict[str, float]
+    action: str | None
+    policy: str
+    policy_version: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "ScoreRecord":
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(slots=True)
+class Label:
+    number: str
+    label: str
+    ts: float
+    id: str = ""
+    source: str = ""
+    note: str = ""
+
+    @property
+    def target(self) -> int:
+        return LABEL_TARGET[self.label]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Label":
+        obj = orjson.loads(raw)
+        if not isinstance(obj, dict) or obj.get("label") not in LABEL_TARGET:
+            raise ValueError(f"not a label: {raw[:80]!r}")
+        return cls(number=str(obj["number"]), label=obj["label"], ts=float(obj.get("ts", 0.0)),
+                   id=str(obj.get("id", "")), source=str(obj.get("source", "")),
+                   note=str(obj.get("note", "")))
+
+
+@dataclass(slots=True)
+class AllowEntry:
+    """An allowlisted number, or a prefix when ``prefix`` is true. ``expires_at`` 0 = never."""
+
+    number: str
+    reason: str
+    prefix: bool = False
+    expires_at: float = 0.0
+    author: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "AllowEntry":
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(slots=True)
+class Ack:
+    number: str
+    action: str
+    status: Literal["applied", "failed"]
+    latency_s: float
+    detail: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))

@@ -1,0 +1,76 @@
+"""Publishes the worker's outputs (decisions, score records, dead letters) with confluent-kafka.
+
+librdkafka batches and retries in its own threads, so producing from the event loop costs a
+dictionary copy, not a round trip; the worker calls ``poll(0)`` once per micro-batch to serve
+delivery reports and ``flush`` on shutdown so nothing buffered is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+from services.settings import Settings
+from streams.detector import Origin
+from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION,
+                            DLQ_HEADER_REASON, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
+                            ScoreRecord)
+from streams.topics import DECISIONS, SCORES, SIGNALING_DLQ
+
+log = logging.getLogger(__name__)
+FLUSH_TIMEOUT_S = 30.0
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Durable, ordered per key, and partitioned like Java/aiokafka clients (murmur2)."""
+    return {**settings.kafka_client_config(), "acks": "all", "enable.idempotence": True,
+            "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random"}
+
+
+class KafkaSink:
+    def __init__(self, settings: Settings, source: str = "worker") -> None:
+        self.producer = Producer(producer_config(settings), logger=log)
+        self.source = source
+        self.failures = 0
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failures += 1
+            log.error("delivery to %s failed: %s", msg.topic(), err)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers,
+                                      on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.1)  # local queue full: let librdkafka drain it
+            except KafkaException as exc:
+                log.error("cannot produce to %s: %s", topic, exc)
+                raise
+
+    def decision(self, decision: Decision) -> None:
+        self._produce(DECISIONS.name, decision.number.encode(), decision.encode())
+
+    def score(self, record: ScoreRecord) -> None:
+        self._produce(SCORES.name, record.number.encode(), record.encode())
+
+    def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None:
+        headers = [(DLQ_HEADER_REASON, reason.encode()), (DLQ_HEADER_DETAIL, detail.encode()),
+                   (DLQ_HEADER_SOURCE, self.source.encode()),
+                   (DLQ_HEADER_TOPIC, origin.topic.encode()),
+                   (DLQ_HEADER_PARTITION, str(origin.partition).encode()),
+                   (DLQ_HEADER_OFFSET, str(origin.offset).encode())]
+        self._produce(SIGNALING_DLQ.name, None, raw, headers)
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def close(self) -> None:
+        left = self.producer.flush(FLUSH_TIMEOUT_S)
+        if left:
+            log.error("%d records could not be delivered before shutdown", left)

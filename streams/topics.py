@@ -1,0 +1,57 @@
+"""The topic catalog: the only place a topic name, its partitioning and its retention are spelled.
+
+Probes, switches and other teams' consumers depend on these names; change them only with a
+migration note in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    #: None: the settings' ``topic_partitions`` (keyed topics that workers split among them).
+    partitions: int | None
+    cleanup_policy: str
+    retention_ms: int
+    key: str
+    value: str
+
+    def configs(self) -> dict[str, str]:
+        conf = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        if "compact" in self.cleanup_policy:
+            # Compact promptly so a restarting switch or worker reads a short log.
+            conf["min.cleanable.dirty.ratio"] = "0.1"
+            conf["segment.ms"] = str(3600 * 1000)
+        return conf
+
+    def partition_count(self, default: int) -> int:
+        return self.partitions if self.partitions is not None else default
+
+
+SIGNALING_EVENTS = TopicSpec(
+    "signaling.events", None, "delete", 3 * DAY_MS, "caller number", "SignalingEvent")
+SIGNALING_DLQ = TopicSpec(
+    "signaling.events.dlq", 1, "delete", 14 * DAY_MS, "none",
+    "original bytes; headers dlq.reason, dlq.source, dlq.topic, dlq.partition, dlq.offset")
+DECISIONS = TopicSpec(
+    "switch.control.decisions", None, "compact,delete", 30 * DAY_MS, "number", "Decision")
+ACKS = TopicSpec("switch.control.acks", None, "delete", 7 * DAY_MS, "number", "Ack")
+POLICY = TopicSpec("control.policy", 1, "compact", -1, "policy name", "Policy")
+ALLOWLIST = TopicSpec("control.allowlist", 1, "compact", -1, "number or prefix", "AllowEntry")
+FEEDBACK = TopicSpec("feedback.labels", None, "delete", 90 * DAY_MS, "number", "Label")
+SCORES = TopicSpec("scores", None, "delete", 7 * DAY_MS, "number", "ScoreRecord")
+
+CATALOG: tuple[TopicSpec, ...] = (
+    SIGNALING_EVENTS, SIGNALING_DLQ, DECISIONS, ACKS, POLICY, ALLOWLIST, FEEDBACK, SCORES)
+
+
+def by_name(name: str) -> TopicSpec:
+    for spec in CATALOG:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"{name!r} is not in the topic catalog")
