@@ -145,7 +145,10 @@ class NuisanceScorer:
         if weight > 0:
             clf = float(self.classifier.predict_proba_one(x).get(True, 0.0))
             robot = (1.0 - weight) * prior + weight * clf
-        score = (1.0 - self.anomaly_weight) * robot + self.anomaly_weight * anomaly_score
+        # HalfSpaceTrees scores 0 until it has filled its first reference window; counting that
+        # as "perfectly normal" would hold back the first blocks of a fresh deployment.
+        weight_a = self.anomaly_weight if self.scored > HST_WINDOW else 0.0
+        score = (1.0 - weight_a) * robot + weight_a * anomaly_score
         return ScoreParts(score=min(max(score, 0.0), 1.0), prior=prior, anomaly=anomaly_score,
                           classifier=clf)
 

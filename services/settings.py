@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -60,6 +61,8 @@ class Settings:
     app_id: str = "dialguard"
     worker_web_port: int = 6066
     metrics_port: int = 9310
+    #: Loopback by default; containers set 0.0.0.0 so Prometheus can scrape them.
+    metrics_host: str = "127.0.0.1"
     #: Faust table store; RocksDB keeps state on disk, the changelog topic makes it durable.
     store: str = "rocksdb://"
     #: Events are folded into per-number state in memory and written to the table (one
@@ -108,7 +111,8 @@ class Settings:
 
     @property
     def worker_dir(self) -> Path:
-        return self.data_dir / "worker"
+        """Per host, so scaled-out workers sharing a volume never share a RocksDB folder."""
+        return self.data_dir / f"worker-{socket.gethostname()}"
 
     @property
     def checkpoint_path(self) -> Path:

@@ -108,8 +108,9 @@ class Runtime:
         self.sink = KafkaSink(settings)
         self.detector = Detector(settings, self.scorer, self.control, self.sink, TableStore())
         self.last_checkpoint = time.monotonic()
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
-        log.info("metrics on http://127.0.0.1:%d/metrics; policy %s v%d", settings.metrics_port,
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics; policy %s v%d", settings.metrics_host,
+                 settings.metrics_port,
                  self.control.policy.name, self.control.policy.version)
 
     def flush(self) -> None:

@@ -93,6 +93,7 @@ class Detector:
         self.last_features: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.limiter = BlockLimiter()
         self.pending = 0
+        self.decisions: list[Decision] = []
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest(self, raw: bytes | None, origin: Origin, ctx: Any = None,
@@ -122,6 +123,13 @@ class Detector:
             self.trunk_pools.setdefault(ev.trunk, PoolCounters()).add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
         self.pending += 1
+        # Score on the event that moved the counters enough, not at batch end: decisions then
+        # depend on the event sequence only, not on how a replay happens to be batched.
+        if ev.kind == "attempt" and self._should_score(ev.caller, state,
+                                                       self.control.policy.do_not_originate):
+            decision = self._score(ev.caller, state)
+            if decision is not None:
+                self.decisions.append(decision)
 
     def _state(self, number: str) -> CallerState:
         state = self.cache.get(number)
@@ -142,19 +150,14 @@ class Detector:
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self) -> list[Decision]:
-        """Learn from new labels, score touched numbers, decide, persist. Returns decisions."""
+        """Learn from new labels and persist touched numbers once each. Returns the decisions
+        made since the last flush."""
         started = time.perf_counter()
         self._learn_labels()
-        decisions: list[Decision] = []
-        policy = self.control.policy
         for number, ctx in self.dirty.items():
-            state = self.cache[number]
-            if self._should_score(number, state, policy.do_not_originate):
-                decision = self._score(number, state)
-                if decision is not None:
-                    decisions.append(decision)
-            self.store.put(number, state.to_bytes(), ctx)
+            self.store.put(number, self.cache[number].to_bytes(), ctx)
         self.dirty.clear()
+        decisions, self.decisions = self.decisions, []
         self.pending = 0
         metrics.TRACKED_NUMBERS.set(len(self.cache))
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)

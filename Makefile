@@ -1,0 +1,70 @@
+# dialguard: `make run` starts the whole system on the embedded default, `make test` runs every
+# test. Both install what is missing first (virtualenv, Python packages, Kafka jars).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DG     := $(PY) -m services.cli
+STAMP  := $(VENV)/.installed
+JARS   := .dialguard/kafka/libs/.complete
+SIMULATE ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: help install jars run stop test unit integration broker-start broker-stop broker-status broker-wipe topics clean
+
+help:
+	@echo "make run           start broker, topics, worker and simulator (SIMULATE=0: no simulator)"
+	@echo "make test          unit + integration tests (starts its own broker on free ports)"
+	@echo "make stop          stop whatever 'make run' left running"
+	@echo "make unit | integration   one half of the suite"
+	@echo "make broker-start | broker-stop | broker-status | broker-wipe | topics"
+	@echo "make install       virtualenv + pinned Python packages; make jars: Kafka from Maven Central"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install: $(STAMP)
+
+$(JARS): services/broker/pom.xml | $(STAMP)
+	@command -v java >/dev/null || { echo "need Java 17 (java on PATH)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "need Maven (mvn on PATH)"; exit 1; }
+	$(DG) broker fetch
+	@touch $@
+
+jars: $(JARS)
+
+run: $(STAMP) $(JARS)
+	$(DG) run $(if $(filter 0,$(SIMULATE)),--no-simulate,)
+
+stop: $(STAMP)
+	$(DG) stop
+
+test: $(STAMP) $(JARS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP) $(JARS)
+	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+broker-start: $(STAMP) $(JARS)
+	$(DG) broker start
+
+broker-stop: $(STAMP)
+	$(DG) broker stop
+
+broker-status: $(STAMP)
+	$(DG) broker status
+
+broker-wipe: $(STAMP)
+	$(DG) broker wipe
+
+topics: $(STAMP)
+	$(DG) topics create
+
+clean: broker-stop
+	rm -rf $(VENV) .dialguard/run .dialguard/data

@@ -1,0 +1,137 @@
+"""The worker's behaviour without Kafka: events in, decisions out."""
+
+import orjson
+
+from online_models.scorer import NuisanceScorer
+from services.settings import Settings
+from streams.control import ControlState
+from streams.detector import DictStore, Detector, Origin
+from streams.policy import Policy
+from streams.schema import Label
+from tests.unit.fakes import ListSink
+from tests.unit.helpers import T0, call, ordered
+
+ROBOT = "8617012345678"
+BANK = "8695500000001"
+ORIGIN = Origin("signaling.events", 0, 0)
+
+
+def make(policy=None, store=None, scorer=None):
+    control = ControlState()
+    if policy:
+        control.policies[policy.name] = policy
+    sink = ListSink()
+    det = Detector(Settings.from_env({}), scorer or NuisanceScorer(), control, sink,
+                   store or DictStore(), wall_clock=lambda: T0 + 10_000)
+    return det, sink, control
+
+
+def robot_burst(number=ROBOT, n=150, start=T0, seed=1):
+    import random
+    rnd = random.Random(seed)
+    evs = []
+    for i in range(n):
+        evs += call(number, f"86139{rnd.randrange(10**8):08d}", start + 6 * i,
+                    answered=rnd.random() < 0.1, duration=3,
+                    code=404 if rnd.random() < 0.3 else 480)
+    return ordered(evs)
+
+
+def call_center(number=BANK, n=150, start=T0, seed=2):
+    import random
+    rnd = random.Random(seed)
+    evs = []
+    for i in range(n):
+        evs += call(number, f"86139{rnd.randrange(10**8):08d}", start + 6 * i,
+                    answered=rnd.random() < 0.65, duration=rnd.uniform(60, 300), code=480)
+    return ordered(evs)
+
+
+def feed(det, events, now=T0 + 10_000):
+    for ev in events:
+        det.ingest(ev.encode(), ORIGIN, now=now)
+    return det.flush()
+
+
+def attempts_before(events, number, ts):
+    return sum(1 for e in events if e.caller == number and e.kind == "attempt" and e.ts <= ts)
+
+
+def test_robot_blocked_within_bounded_calls_and_call_center_left_alone():
+    det, sink, _ = make()
+    evs = ordered(robot_burst() + call_center())
+    decisions = feed(det, evs)
+    blocks = [d for d in decisions if d.number == ROBOT and d.action == "block"]
+    assert blocks, [d.action for d in decisions]
+    assert attempts_before(evs, ROBOT, blocks[0].trigger_ts) <= 60
+    assert not [d for d in decisions if d.number == BANK and d.action != "label"]
+
+
+def test_decisions_do_not_depend_on_batching():
+    evs = ordered(robot_burst() + call_center())
+    det1, _, _ = make()
+    one_batch = [(d.number, d.action, d.trigger_ts) for d in feed(det1, evs)]
+    det2, _, _ = make()
+    many = []
+    for i in range(0, len(evs), 7):
+        many += [(d.number, d.action, d.trigger_ts) for d in feed(det2, evs[i:i + 7])]
+    assert one_batch == many
+
+
+def test_bad_records_go_to_dead_letters_and_processing_continues():
+    det, sink, _ = make()
+    det.ingest(b"\xff\xfe not json", ORIGIN)
+    det.ingest(orjson.dumps({"v": 1, "ts": T0}), ORIGIN)
+    det.ingest(None, ORIGIN)
+    decisions = feed(det, robot_burst())
+    assert [r for _, r, _, _ in sink.dead] == ["not_json", "missing_field", "missing_field"]
+    assert sink.dead[0][0] == b"\xff\xfe not json"  # original bytes kept
+    assert any(d.action == "block" for d in decisions)
+
+
+def test_emergency_callback_is_never_blocked():
+    det, sink, _ = make()
+    decisions = feed(det, robot_burst(number="120"))
+    assert decisions == []
+
+
+def test_policy_change_applies_without_restart():
+    det, sink, control = make()
+    control.policies["default"] = Policy(version=2, dry_run=True)
+    decisions = feed(det, robot_burst())
+    assert decisions and all(d.dry_run for d in decisions)
+    control.policies["default"] = Policy(version=3)
+    more = feed(det, robot_burst(start=T0 + 901, seed=3))
+    live = [d for d in more if d.action == "block"]
+    assert live and not live[0].dry_run and live[0].policy_version == 3
+
+
+def test_state_survives_a_new_detector_on_the_same_store():
+    store = DictStore()
+    det, _, _ = make(store=store)
+    evs = robot_burst(n=20)
+    feed(det, evs)
+    det2, sink2, _ = make(store=store)
+    feed(det2, robot_burst(n=20, start=T0 + 200, seed=9))
+    # the new detector's very first score already counts the 20 attempts made before it
+    first = sink2.scores[0]
+    assert first.features["attempts_1h"] > 20 + 0 and first.features["attempts_1h"] <= 25
+    assert sink2.scores[-1].features["attempts_1h"] == 38  # scored every 5 attempts
+
+
+def test_state_written_once_per_number_per_batch():
+    store = DictStore()
+    det, _, _ = make(store=store)
+    feed(det, robot_burst() + call_center())
+    assert store.writes == 2
+
+
+def test_labels_teach_the_classifier():
+    scorer = NuisanceScorer(classifier_min_labels=3)
+    det, sink, control = make(scorer=scorer)
+    feed(det, call_center())
+    for i in range(5):
+        control.labels.put(Label(number=BANK, label="complaint", ts=T0, id=f"a{i}"))
+        control.labels.put(Label(number=ROBOT, label="legit", ts=T0, id=f"b{i}"))
+    feed(det, robot_burst(n=30))
+    assert scorer.labels_seen == {0: 5, 1: 5}
