@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(JARS): services/broker/pom.xml | $(STAMP)
+$(JARS): services/kafka-jars/pom.xml | $(STAMP)
 	@command -v java >/dev/null || { echo "need Java 17 (java on PATH)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "need Maven (mvn on PATH)"; exit 1; }
 	$(DG) broker fetch

@@ -1,0 +1,175 @@
+"""The worker against a real broker: simulated traffic in, decisions out.
+
+One worker process serves the module (startup costs seconds); each test uses its own numbers so
+the tests do not see each other's decisions. Event times are in the past so nothing is "from
+the future" for the validator.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+import orjson
+import pytest
+
+from services.control_client import publish_policy
+from services.simulator import Scenario, Simulation
+from streams.policy import Policy
+from streams.schema import DLQ_HEADER_REASON, SignalingEvent
+from tests.integration.worker_harness import (DECISIONS, SCORES, SIGNALING_DLQ, TopicReader,
+                                              WorkerProcess, decisions_of, produce_events,
+                                              produce_raw, scores_of)
+
+pytestmark = pytest.mark.integration
+SIM_HOURS = 3
+#: A robot may place this many calls before its block (evidence gate is 30 attempts).
+LEAK_BOUND = 80
+DECISION_WAIT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def worker(broker_settings, tmp_path_factory):
+    w = WorkerProcess(broker_settings, tmp_path_factory.mktemp("worker"),
+                      app_id=f"dg-test-{uuid.uuid4().hex[:6]}")
+    w.start()
+    yield w
+    w.stop()
+    print(f"\n--- worker log tail ---\n{w.tail(15)}")
+
+
+def robot_burst(number: str, start: float, n: int = 120, seed: int = 1) -> list[SignalingEvent]:
+    """A plain robot: 10% answered, 3 s calls, 30% of failures to unallocated numbers."""
+    rnd = random.Random(seed)
+    evs: list[SignalingEvent] = []
+    for i in range(n):
+        ts = start + 5 * i
+        callee = f"86139{rnd.randrange(10**8):08d}"
+        cid = f"{number}-{seed}-{i}"
+        evs.append(SignalingEvent(ts=ts, proto="sip", kind="attempt", call_id=cid,
+                                  caller=number, callee=callee))
+        if rnd.random() < 0.1:
+            evs.append(SignalingEvent(ts=ts + 4, proto="sip", kind="answer", call_id=cid,
+                                      caller=number, callee=callee, code=200))
+            evs.append(SignalingEvent(ts=ts + 7, proto="sip", kind="release", call_id=cid,
+                                      caller=number, callee=callee, duration_s=3.0))
+        else:
+            evs.append(SignalingEvent(ts=ts + 2, proto="sip", kind="fail", call_id=cid,
+                                      caller=number, callee=callee,
+                                      code=404 if rnd.random() < 0.3 else 480))
+    return sorted(evs, key=lambda e: e.ts)
+
+
+def wait_decisions(settings, numbers: set[str], until, timeout=DECISION_WAIT_S, quiet_s=3.0):
+    reader = TopicReader(settings, DECISIONS.name)
+    try:
+        reader.poll_until(lambda msgs: until([d for d in decisions_of(msgs)
+                                              if d.number in numbers]),
+                          timeout=timeout, quiet_s=quiet_s)
+        return [d for d in decisions_of(reader.messages) if d.number in numbers]
+    finally:
+        reader.close()
+
+
+def test_simulated_robots_are_blocked_and_legit_callers_are_not(worker, broker_settings):
+    sim = Simulation(Scenario.small(), seed=11, start_ts=time.time() - (SIM_HOURS + 1) * 3600)
+    events = list(sim.events(SIM_HOURS * 3600))
+    truth = sim.truth()
+    robots = {t.number for t in truth if t.robot and t.population in ("robocaller", "scanner")}
+    legit = {t.number for t in truth if not t.robot}
+    assert robots and legit
+    produce_events(broker_settings, events)
+    decisions = wait_decisions(broker_settings, robots | legit,
+                               until=lambda ds: robots <= {d.number for d in ds
+                                                           if d.action == "block"},
+                               quiet_s=5.0)
+    blocked = {d.number for d in decisions if d.action == "block" and not d.dry_run}
+    wrongly = [d for d in decisions if d.number in legit and d.action in ("block", "rate_limit")]
+    assert not wrongly, [(d.number, d.action, d.reasons) for d in wrongly]
+    assert robots <= blocked, f"robots not blocked: {robots - blocked}"
+    leaks = []
+    for number in robots:
+        first = min(d.trigger_ts for d in decisions if d.number == number and d.action == "block")
+        leaks.append(sum(1 for e in events
+                         if e.caller == number and e.kind == "attempt" and e.ts <= first))
+    print(f"\nrobots blocked {len(blocked & robots)}/{len(robots)}; calls before block "
+          f"{sorted(leaks)}; legit numbers {len(legit)}, wrongly acted on: 0")
+    assert max(leaks) <= LEAK_BOUND
+
+
+def test_emergency_number_is_never_blocked(worker, broker_settings):
+    start = time.time() - 3 * 3600
+    produce_events(broker_settings, robot_burst("120", start, seed=5)
+                   + robot_burst("8617000000120", start, seed=6))
+    decisions = wait_decisions(broker_settings, {"120", "8617000000120"},
+                               until=lambda ds: any(d.number == "8617000000120" for d in ds
+                                                    if d.action == "block"))
+    assert any(d.number == "8617000000120" and d.action == "block" for d in decisions)
+    assert not [d for d in decisions if d.number == "120"]
+
+
+def test_malformed_records_land_in_the_dlq_and_the_worker_keeps_going(worker, broker_settings):
+    bad = [(b"k1", b"this is not json"),
+           (b"k2", orjson.dumps({"v": 1, "ts": time.time(), "proto": "sip"})),
+           (b"k3", orjson.dumps({"v": 1, "ts": time.time() + 86400, "proto": "sip",
+                                 "kind": "attempt", "call_id": "x", "caller": "8613800000001",
+                                 "callee": "8613800000002"})),
+           (None, b"\x00\x01\x02")]
+    produce_raw(broker_settings, bad)
+    number = "8617000000777"
+    produce_events(broker_settings, robot_burst(number, time.time() - 2 * 3600, seed=7))
+    reader = TopicReader(broker_settings, SIGNALING_DLQ.name)
+    try:
+        values = {v for _, v in bad}
+        assert reader.poll_until(
+            lambda msgs: values <= {m.value() for m in msgs}, timeout=60)
+        reasons = {m.value(): dict(m.headers() or [])[DLQ_HEADER_REASON].decode()
+                   for m in reader.messages if m.value() in values}
+    finally:
+        reader.close()
+    assert reasons[b"this is not json"] == "not_json"
+    assert reasons[bad[1][1]] == "missing_field"
+    assert reasons[bad[2][1]] == "future_timestamp"
+    decisions = wait_decisions(broker_settings, {number},
+                               until=lambda ds: any(d.action == "block" for d in ds))
+    assert any(d.action == "block" for d in decisions)
+    assert worker.alive()
+
+
+def test_policy_change_applies_without_restart(worker, broker_settings):
+    strict = Policy(thresholds=Policy().thresholds, dry_run=True).to_dict()
+    published = publish_policy(broker_settings, strict, author="test", reason="dry-run drill")
+    time.sleep(1.5)  # the control feed applies it within a second
+    number = "8617000000888"
+    produce_events(broker_settings, robot_burst(number, time.time() - 2 * 3600, seed=8))
+    decisions = wait_decisions(broker_settings, {number},
+                               until=lambda ds: any(d.action == "block" for d in ds))
+    blocks = [d for d in decisions if d.action == "block"]
+    assert blocks and all(d.dry_run for d in blocks)
+    assert blocks[0].policy_version == published.version
+    publish_policy(broker_settings, Policy().to_dict(), author="test", reason="back to live")
+
+
+def test_restarted_worker_keeps_its_counters(worker, broker_settings):
+    number = "8617000000999"
+    start = time.time() - 2 * 3600
+    first = robot_burst(number, start, n=40, seed=9)
+    produce_events(broker_settings, first)
+    reader = TopicReader(broker_settings, SCORES.name)
+    try:
+        assert reader.poll_until(
+            lambda msgs: any(s.number == number and s.features["attempts_1h"] >= 38
+                             for s in scores_of(msgs)), timeout=60)
+        time.sleep(1.0)  # let the worker flush its table writes
+        worker.stop()
+        worker.start()
+        second = robot_burst(number, start + 40 * 5 + 1, n=10, seed=10)
+        produce_events(broker_settings, second)
+        assert reader.poll_until(
+            lambda msgs: any(s.number == number and s.features["attempts_1h"] > 40
+                             for s in scores_of(msgs)), timeout=90)
+    finally:
+        reader.close()
+    after = [s for s in scores_of(reader.messages) if s.number == number]
+    assert max(s.features["attempts_1h"] for s in after) >= 48
