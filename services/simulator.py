@@ -27,6 +27,7 @@ import heapq
 import itertools
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -637,6 +638,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
           f"{_utc(start)} ({history_h:g} h ago) at {'max' if args.fast else f'{speed:g}x'} "
           f"speed to {topic}; truth -> {truth_path}", file=sys.stderr, flush=True)
     sent, active, last_print, t0 = 0, set(), time.monotonic(), time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # `dialguard stop` / make run's Ctrl-C
     try:
         for ev in sim.events(duration):
             pacer.wait(ev.ts)
@@ -671,6 +673,10 @@ def _produce(producer, topic: str, ev: SignalingEvent) -> None:  # type: ignore[
             return
         except BufferError:
             producer.poll(0.1)
+
+
+def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
 
 
 def _utc(ts: float) -> str:

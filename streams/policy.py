@@ -237,8 +237,10 @@ def explain(feats: Mapping[str, float]) -> str:
     parts = [f"{feats.get('attempts_10m', 0):.0f} attempts in 10 min "
              f"({feats.get('attempts_1h', 0):.0f} in 1 h) to "
              f"{feats.get('distinct_1h', 0):.0f} distinct numbers",
-             f"{_pct(feats.get('answer_ratio_1h', 0))} answered",
-             f"{_pct(feats.get('short_ratio_1h', 0))} of answered calls < short limit"]
+             f"{_pct(feats.get('answer_ratio_1h', 0))} answered"]
+    if feats.get("released_1h", 0) > 0:
+        parts.append(f"{_pct(feats.get('short_ratio_1h', 0))} of finished calls short "
+                     f"(mean {feats.get('mean_duration_1h', 0):.0f} s)")
     if feats.get("unallocated_ratio_1h", 0) >= 0.05:
         parts.append(f"{_pct(feats['unallocated_ratio_1h'])} unallocated")
     if feats.get("sequential_ratio_1h", 0) >= 0.1:
