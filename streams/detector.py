@@ -19,7 +19,8 @@ from online_models.scorer import NuisanceScorer
 from services.settings import Settings
 from streams import metrics
 from streams.control import ControlState
-from streams.features import CallerState, FeatureConfig, PoolCounters, features
+from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCounters,
+                              features)
 from streams.numbers import NumberPlan, prefix_of
 from streams.policy import BlockLimiter, CurrentAction, decide
 from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 LABEL_FEATURE_CACHE = 100_000
 #: Numbers kept decoded in memory between micro-batches.
 HOT_CACHE = 200_000
+#: Idle pool aggregates are swept every this many flushes.
+POOL_SWEEP_EVERY = 500
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class Detector:
         self.limiter = BlockLimiter()
         self.pending = 0
         self.decisions: list[Decision] = []
+        self.flushes = 0
+        self.newest_minute = 0
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest(self, raw: bytes | None, origin: Origin, ctx: Any = None,
@@ -123,6 +128,7 @@ class Detector:
             self.trunk_pools.setdefault(ev.trunk, PoolCounters()).add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
         self.pending += 1
+        self.newest_minute = max(self.newest_minute, state.hwm_minute)
         # Score on the event that moved the counters enough, not at batch end: decisions then
         # depend on the event sequence only, not on how a replay happens to be batched.
         if ev.kind == "attempt" and self._should_score(ev.caller, state,
@@ -158,10 +164,20 @@ class Detector:
             self.store.put(number, self.cache[number].to_bytes(), ctx)
         self.dirty.clear()
         decisions, self.decisions = self.decisions, []
+        self.flushes += 1
+        if self.flushes % POOL_SWEEP_EVERY == 0:
+            self._sweep_pools()
         self.pending = 0
         metrics.TRACKED_NUMBERS.set(len(self.cache))
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         return decisions
+
+    def _sweep_pools(self) -> None:
+        start = self.newest_minute - RING_MINUTES
+        for pools in (self.prefix_pools, self.trunk_pools):
+            for key in [k for k, pool in pools.items() if pool.idle_since(start)]:
+                del pools[key]
+        self.trunks = {n: t for n, t in self.trunks.items() if t in self.trunk_pools}
 
     def _should_score(self, number: str, state: CallerState, dno: tuple[str, ...]) -> bool:
         if any(number.startswith(p) for p in dno):

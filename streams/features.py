@@ -306,6 +306,11 @@ class PoolCounters:
             "pool_short_ratio": _ratio(sum(self.short.values()), releases),
         }
 
+    def idle_since(self, start: int) -> bool:
+        """True when nothing happened after minute ``start`` (the pool can be forgotten)."""
+        self._evict(start)
+        return not self.callers and not self.attempts and not self.releases
+
     def _evict(self, start: int) -> None:
         for d in (self.attempts, self.answered, self.short, self.releases):
             for m in [m for m in d if m <= start]:

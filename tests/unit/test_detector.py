@@ -135,3 +135,15 @@ def test_labels_teach_the_classifier():
         control.labels.put(Label(number=ROBOT, label="legit", ts=T0, id=f"b{i}"))
     feed(det, robot_burst(n=30))
     assert scorer.labels_seen == {0: 5, 1: 5}
+
+
+def test_idle_pool_aggregates_are_swept():
+    import streams.detector as detector_module
+    det, _, _ = make()
+    feed(det, robot_burst(n=10))
+    assert det.prefix_pools
+    later = robot_burst(number="8695500000002", n=10, start=T0 + 3 * 3600)
+    feed(det, later, now=T0 + 5 * 3600)
+    det.flushes = detector_module.POOL_SWEEP_EVERY - 1
+    det.flush()
+    assert list(det.prefix_pools) == ["8695500"]
