@@ -136,8 +136,9 @@ class EmbeddedBroker:
     def __init__(self, settings: Settings, data_dir: Path | None = None,
                  libs_dir: Path | None = None) -> None:
         self.settings = settings
-        self.libs = Path(libs_dir) if libs_dir is not None else settings.kafka_dir / "libs"
-        self.data = Path(data_dir) if data_dir is not None else settings.kafka_dir / "data"
+        # Absolute: log.dirs and the pid check must not depend on the caller's cwd.
+        self.libs = Path(libs_dir or settings.kafka_dir / "libs").absolute()
+        self.data = Path(data_dir or settings.kafka_dir / "data").absolute()
         self.run_dir = self.data.parent / f"run-{settings.broker_port}"
         self.config = self.run_dir / "server.properties"
         self.log4j = self.run_dir / "log4j2.properties"
