@@ -258,6 +258,8 @@ def features(state: CallerState) -> dict[str, float]:
         out[f"fail_ratio_{name}"] = min(_ratio(fails, attempts), 1.0)
         out[f"unallocated_ratio_{name}"] = min(_ratio(w[F_UNALLOC], attempts), 1.0)
         out[f"rejected_ratio_{name}"] = min(_ratio(w[F_REJECTED], attempts), 1.0)
+        out[f"busy_no_answer_ratio_{name}"] = min(_ratio(w[F_BUSY], attempts), 1.0)
+        out[f"other_fail_ratio_{name}"] = min(_ratio(w[F_OTHER], attempts), 1.0)
         out[f"sequential_ratio_{name}"] = min(_ratio(w[SEQ], attempts - 1), 1.0)
         out[f"breadth_{name}"] = min(_ratio(distinct, attempts), 1.0)
         out[f"gap_cv_{name}"] = gap_cv(w[GAP_N], w[GAP_SUM], w[GAP_SQ])

@@ -33,6 +33,8 @@ def test_unallocated_and_fail_classes():
         evs += call(A, f"86139{i:08d}", T0 + 10 * i, answered=False, code=404 if i < 4 else 486)
     f = features(fold(ordered(evs), CFG))
     assert f["unallocated_ratio_1h"] == pytest.approx(0.4)
+    assert f["busy_no_answer_ratio_1h"] == pytest.approx(0.6)
+    assert f["other_fail_ratio_1h"] == 0.0
     assert f["fail_ratio_1h"] == 1.0
 
 
