@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from river import anomaly, linear_model, optim, preprocessing
+from river import anomaly, drift, linear_model, metrics, optim, preprocessing, utils
 
 #: Counts are squashed as log1p(count) / log1p(scale) and capped at 1.
 VOLUME_SCALE_10M = 1000.0
@@ -53,6 +53,8 @@ RATIO_PSEUDO_ATTEMPTS = 5.0  # added to attempts for unallocated / sequential / 
 CLASSIFIER_HALF_LABELS = 200.0
 CLASSIFIER_MAX_WEIGHT = 0.8
 
+#: Labels in the rolling log-loss window.
+LOG_LOSS_WINDOW = 500
 HST_TREES = 25
 HST_HEIGHT = 8
 HST_WINDOW = 250
@@ -124,6 +126,11 @@ class NuisanceScorer:
             optimizer=optim.SGD(0.05))
         self.labels_seen = {0: 0, 1: 0}
         self.scored = 0
+        # Prequential quality on labels: each label scores the model before it learns from it.
+        self.roc_auc = metrics.ROCAUC()
+        self.log_loss = utils.Rolling(metrics.LogLoss, window_size=LOG_LOSS_WINDOW)
+        self.drift = drift.ADWIN()
+        self.drift_alarms = 0
 
     @property
     def classifier_weight(self) -> float:
@@ -149,12 +156,21 @@ class NuisanceScorer:
         # as "perfectly normal" would hold back the first blocks of a fresh deployment.
         weight_a = self.anomaly_weight if self.scored > HST_WINDOW else 0.0
         score = (1.0 - weight_a) * robot + weight_a * anomaly_score
+        if learn:
+            self.drift.update(score)
+            if self.drift.drift_detected:
+                self.drift_alarms += 1
         return ScoreParts(score=min(max(score, 0.0), 1.0), prior=prior, anomaly=anomaly_score,
                           classifier=clf)
 
     def learn_label(self, feats: dict[str, float], target: int) -> None:
         """One feedback label: 1 = nuisance robot, 0 = legitimate caller."""
-        self.classifier.learn_one(model_input(feats), bool(target))
+        x = model_input(feats)
+        proba = self.classifier.predict_proba_one(x)
+        if proba:
+            self.roc_auc.update(bool(target), proba)
+            self.log_loss.update(bool(target), proba)
+        self.classifier.learn_one(x, bool(target))
         self.labels_seen[int(bool(target))] += 1
 
     # -- checkpoints ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 
 from online_models.scorer import NuisanceScorer
 from services.settings import Settings
+from streams import metrics
 from streams.control import ControlFeed, ControlState
 from streams.detector import Detector, Origin
 from streams.sink import KafkaSink
@@ -32,6 +33,7 @@ from streams.topics import SIGNALING_EVENTS
 log = logging.getLogger("dialguard.worker")
 CONTROL_CATCHUP_TIMEOUT_S = 15.0
 TABLE_NAME = "caller-state"
+LAG_INTERVAL_S = 5.0
 
 settings = Settings.from_env()
 
@@ -160,6 +162,22 @@ async def detect(stream: faust.StreamT) -> None:
 async def periodic_flush() -> None:
     if _runtime is not None:
         _runtime.flush()
+
+
+@app.timer(interval=LAG_INTERVAL_S)
+async def report_lag() -> None:
+    """Consumer lag per owned partition: highwater minus the last offset we folded."""
+    if _runtime is None:
+        return
+    positions = _runtime.detector.positions
+    for tp in app.consumer.assignment():
+        if tp.topic != SIGNALING_EVENTS.name:
+            continue
+        highwater = app.consumer.highwater(tp)
+        if highwater is None:
+            continue
+        done = positions.get(tp.partition, -1)
+        metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(highwater - done - 1, 0))
 
 
 @app.on_partitions_revoked.connect

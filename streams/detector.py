@@ -33,6 +33,11 @@ LABEL_FEATURE_CACHE = 100_000
 HOT_CACHE = 200_000
 #: Idle pool aggregates are swept every this many flushes.
 POOL_SWEEP_EVERY = 500
+#: Numbers whose last rate_limit/block is remembered, to score later labels against it.
+ACTION_MEMORY = 100_000
+#: The blocks-active gauge is recounted every this many flushes.
+GAUGE_EVERY = 10
+ENFORCING = ("rate_limit", "block")
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,12 @@ class Detector:
         self.decisions: list[Decision] = []
         self.flushes = 0
         self.newest_minute = 0
+        self.newest_ts = 0.0
+        #: number -> (action, policy, until): live or past enforcement, for feedback metrics
+        self.actions: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        #: partition -> last offset folded (consumer lag = highwater - this - 1)
+        self.positions: dict[int, int] = {}
+        self._drift_reported = scorer.drift_alarms
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest(self, raw: bytes | None, origin: Origin, ctx: Any = None,
@@ -112,6 +123,8 @@ class Detector:
             metrics.DEAD_LETTERS.labels(exc.reason).inc()
             self.sink.dead_letter(raw or b"", exc.reason, exc.detail, origin)
             return None
+        finally:
+            self.positions[origin.partition] = origin.offset
         self.fold(ev, ctx)
         return ev
 
@@ -129,6 +142,7 @@ class Detector:
         self.dirty[ev.caller] = ctx
         self.pending += 1
         self.newest_minute = max(self.newest_minute, state.hwm_minute)
+        self.newest_ts = max(self.newest_ts, state.hwm_ts)
         # Score on the event that moved the counters enough, not at batch end: decisions then
         # depend on the event sequence only, not on how a replay happens to be batched.
         if ev.kind == "attempt" and self._should_score(ev.caller, state,
@@ -167,6 +181,8 @@ class Detector:
         self.flushes += 1
         if self.flushes % POOL_SWEEP_EVERY == 0:
             self._sweep_pools()
+        if self.flushes % GAUGE_EVERY == 0:
+            self._update_gauges()
         self.pending = 0
         metrics.TRACKED_NUMBERS.set(len(self.cache))
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
@@ -219,6 +235,14 @@ class Detector:
             return None
         if decision.dry_run and not policy.dry_run:
             metrics.LIMITER_TRIPS.inc()
+        if decision.action in ENFORCING and not decision.dry_run:
+            if decision.action == "block" and state.action != "block":
+                metrics.CALLS_BEFORE_BLOCK.observe(feats.get("attempts_1h", 0.0))
+            self.actions[number] = (decision.action, decision.policy,
+                                    decision.trigger_ts + decision.ttl_s)
+            self.actions.move_to_end(number)
+            if len(self.actions) > ACTION_MEMORY:
+                self.actions.popitem(last=False)
         state.action = decision.action
         state.action_until = decision.trigger_ts + decision.ttl_s
         state.action_score = decision.score
@@ -236,7 +260,10 @@ class Detector:
             self.last_features.popitem(last=False)
 
     def _learn_labels(self) -> None:
-        for label in self.control.drain_labels():
+        labels = self.control.drain_labels()
+        if not labels:
+            return
+        for label in labels:
             feats = self.last_features.get(label.number)
             if feats is None:
                 raw = self.store.get(label.number) if label.number not in self.cache else None
@@ -247,3 +274,23 @@ class Detector:
                 feats = self.feature_vector(label.number, state)
             self.scorer.learn_label(feats, label.target)
             metrics.LABELS_LEARNED.labels(str(label.target)).inc()
+            self._judge(label.number, label.target)
+        metrics.MODEL_ROC_AUC.set(self.scorer.roc_auc.get())
+        metrics.MODEL_LOG_LOSS.set(self.scorer.log_loss.get())
+
+    def _judge(self, number: str, target: int) -> None:
+        """A label on a number we enforced against tells whether that was right."""
+        acted = self.actions.get(number)
+        if acted is None:
+            return
+        counter = metrics.TRUE_POSITIVES if target else metrics.FALSE_POSITIVES
+        counter.labels(acted[1]).inc()
+
+    def _update_gauges(self) -> None:
+        now = self.newest_ts
+        metrics.BLOCKS_ACTIVE.set(sum(1 for action, _, until in self.actions.values()
+                                      if action == "block" and until > now))
+        alarms = self.scorer.drift_alarms - self._drift_reported
+        if alarms > 0:
+            metrics.MODEL_DRIFT.inc(alarms)
+            self._drift_reported = self.scorer.drift_alarms

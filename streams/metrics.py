@@ -29,3 +29,24 @@ DETECTION_LAG = Histogram("dialguard_decision_latency_seconds",
                           "Wall time from the triggering event's time to the decision "
                           "(meaningful on live traffic, not on replays)",
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+BLOCKS_ACTIVE = Gauge("dialguard_blocks_active",
+                      "Numbers this worker holds a live (not dry-run) block for")
+TRUE_POSITIVES = Counter("dialguard_true_positives_total",
+                         "Rate-limited/blocked numbers later labelled robot (complaint, denied "
+                         "appeal, analyst verdict)", ["policy"])
+FALSE_POSITIVES = Counter("dialguard_false_positives_total",
+                          "Rate-limited/blocked numbers later labelled legitimate (upheld "
+                          "appeal, analyst verdict, good callback)", ["policy"])
+CALLS_BEFORE_BLOCK = Histogram("dialguard_calls_before_block",
+                               "Attempts a number made in the last hour when it was first "
+                               "blocked (calls leaked before the block)",
+                               buckets=(10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000))
+MODEL_ROC_AUC = Gauge("dialguard_model_roc_auc",
+                      "ROC AUC of the supervised model on labels, scored before learning each")
+MODEL_LOG_LOSS = Gauge("dialguard_model_log_loss",
+                       "Rolling log loss of the supervised model on the latest labels")
+MODEL_DRIFT = Counter("dialguard_model_drift_alarms_total",
+                      "ADWIN drift alarms on the stream of scores")
+CONSUMER_LAG = Gauge("dialguard_consumer_lag_messages",
+                     "Messages of signaling.events not yet processed, per partition",
+                     ["partition"])

@@ -147,3 +147,25 @@ def test_idle_pool_aggregates_are_swept():
     det.flushes = detector_module.POOL_SWEEP_EVERY - 1
     det.flush()
     assert list(det.prefix_pools) == ["8695500"]
+
+
+def test_feedback_on_enforced_numbers_counts_true_and_false_positives():
+    from prometheus_client import REGISTRY
+
+    def value(name):
+        return REGISTRY.get_sample_value(name, {"policy": "default"}) or 0.0
+
+    det, sink, control = make()
+    feed(det, robot_burst() + robot_burst(number="8617012340000", seed=4))
+    tp0 = value("dialguard_true_positives_total")
+    fp0 = value("dialguard_false_positives_total")
+    control.labels.put(Label(number=ROBOT, label="complaint", ts=T0, id="c1"))
+    control.labels.put(Label(number="8617012340000", label="appeal_upheld", ts=T0, id="c2"))
+    control.labels.put(Label(number=BANK, label="appeal_upheld", ts=T0, id="c3"))  # never acted
+    det.flush()
+    assert value("dialguard_true_positives_total") == tp0 + 1
+    assert value("dialguard_false_positives_total") == fp0 + 1
+    assert REGISTRY.get_sample_value("dialguard_calls_before_block_count") >= 2
+    for _ in range(10):
+        det.flush()
+    assert REGISTRY.get_sample_value("dialguard_blocks_active") >= 2

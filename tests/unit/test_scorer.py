@@ -49,3 +49,12 @@ def test_checkpoint_roundtrip(tmp_path: Path):
     assert restored.score(ROBOT, learn=False) == s.score(ROBOT, learn=False)
     fresh, ok2 = NuisanceScorer.load_or_new(tmp_path / "missing.pkl")
     assert not ok2 and fresh.scored == 0
+
+
+def test_label_quality_is_measured_before_learning():
+    s = NuisanceScorer()
+    for _ in range(40):
+        s.learn_label(ROBOT, 1)
+        s.learn_label(CALL_CENTER, 0)
+    assert s.roc_auc.get() > 0.9
+    assert 0 < s.log_loss.get() < 0.7
