@@ -9,13 +9,14 @@ JARS   := .dialguard/kafka/libs/.complete
 SIMULATE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: help install jars run stop test unit integration broker-start broker-stop broker-status broker-wipe topics clean
+.PHONY: help install jars run stop test unit integration eval broker-start broker-stop broker-status broker-wipe topics clean
 
 help:
 	@echo "make run           start broker, topics, worker and simulator (SIMULATE=0: no simulator)"
 	@echo "make test          unit + integration tests (starts its own broker on free ports)"
 	@echo "make stop          stop whatever 'make run' left running"
 	@echo "make unit | integration   one half of the suite"
+	@echo "make eval          detection quality on simulated scenario sets (table + PNG)"
 	@echo "make broker-start | broker-stop | broker-status | broker-wipe | topics"
 	@echo "make install       virtualenv + pinned Python packages; make jars: Kafka from Maven Central"
 
@@ -50,6 +51,9 @@ unit: $(STAMP)
 
 integration: $(STAMP) $(JARS)
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+eval: $(STAMP)
+	$(DG) eval $(EVAL_ARGS)
 
 broker-start: $(STAMP) $(JARS)
 	$(DG) broker start

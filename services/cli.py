@@ -67,6 +67,12 @@ def _simulate_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def _eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.evaluate import run
+
+    return run(args, settings)
+
+
 def _watch_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from services.watch import watch
 
@@ -138,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=_simulate_cmd)
+
+    p = sub.add_parser("eval", help="detection quality against the simulator's ground truth",
+                       description="Simulate scenario sets (several seeds, hard mixes), run "
+                                   "the detector on them and print precision, recall, "
+                                   "false-positive rate, calls leaked and time to block per "
+                                   "run and per population; write a PNG plot.")
+    from services.evaluate import add_arguments as add_eval_arguments
+
+    add_eval_arguments(p)
+    p.set_defaults(func=_eval_cmd)
 
     p = sub.add_parser("watch", help="print decisions as they are published",
                        description="Tail switch.control.decisions and print one line each.")

@@ -161,13 +161,39 @@ class Scenario:
                    emergency=Emergency(psap_callbacks_per_day=40))
 
     @classmethod
+    def slow_robots(cls) -> "Scenario":
+        """Robots that pace themselves to stay under per-number volume thresholds."""
+        return cls(robocallers=Robocallers(count=10, attempts_per_day=(150, 600),
+                                           active_hours_per_day=(10.0, 16.0)))
+
+    @classmethod
+    def snowshoe_heavy(cls) -> "Scenario":
+        """Campaigns spread thin over several number pools."""
+        return cls(robocallers=Robocallers(count=2), snowshoe=Snowshoe(pools=4, numbers=150))
+
+    @classmethod
+    def collections(cls) -> "Scenario":
+        """Legitimate outbound centers that few people answer (debt collection, surveys)."""
+        return cls(call_centers=CallCenters(orgs=("collections", "survey", "pharmacy"),
+                                            numbers_per_org=3, answer=(0.3, 0.45),
+                                            duration_s=(20.0, 200.0), unallocated=0.04))
+
+    @classmethod
+    def bursty_humans(cls) -> "Scenario":
+        """People who phone a lot (agents, dispatchers): many short, partly answered calls."""
+        return cls(subscribers=Subscribers(count=1000, calls_per_day=30.0, answer=0.5,
+                                           median_duration_s=40.0, contacts=200,
+                                           contact_share=0.3))
+
+    @classmethod
     def named(cls, name: str) -> "Scenario":
         if name not in SCENARIOS:
             raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         return getattr(cls, name)()
 
 
-SCENARIOS = ("default", "small")
+SCENARIOS = ("default", "small", "slow_robots", "snowshoe_heavy", "collections",
+             "bursty_humans")
 
 
 @dataclass(frozen=True)
@@ -570,7 +596,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", choices=SCENARIOS, default="default",
                         help="population mix: 'default' (2000 subscribers, 8 robocallers, "
                              "3 scanners, a 200-number snowshoe pool, spoofers, 3 call centers, "
-                             "emergency calls) or 'small' (a fast one for tests)")
+                             "emergency calls), 'small' (a fast one for tests), or a hard one: "
+                             "slow_robots, snowshoe_heavy, collections, bursty_humans")
     parser.add_argument("--duration", type=float, default=0.0,
                         help="simulated seconds to produce; 0 = until Ctrl-C")
     parser.add_argument("--speed", type=float, default=None,

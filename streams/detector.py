@@ -77,6 +77,24 @@ class DictStore:
         self.writes += 1
 
 
+class MemorySink:
+    """Keeps outputs in lists: replays, evaluation and tests run the detector without Kafka."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] = []
+        self.scores: list[ScoreRecord] = []
+        self.dead: list[tuple[bytes, str, str, Origin]] = []
+
+    def decision(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+
+    def score(self, record: ScoreRecord) -> None:
+        self.scores.append(record)
+
+    def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None:
+        self.dead.append((raw, reason, detail, origin))
+
+
 class Detector:
     def __init__(self, settings: Settings, scorer: NuisanceScorer, control: ControlState,
                  sink: Sink, store: StateStore,

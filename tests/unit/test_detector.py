@@ -5,10 +5,9 @@ import orjson
 from online_models.scorer import NuisanceScorer
 from services.settings import Settings
 from streams.control import ControlState
-from streams.detector import DictStore, Detector, Origin
+from streams.detector import DictStore, Detector, MemorySink, Origin
 from streams.policy import Policy
 from streams.schema import Label
-from tests.unit.fakes import ListSink
 from tests.unit.helpers import T0, call, ordered
 
 ROBOT = "8617012345678"
@@ -20,7 +19,7 @@ def make(policy=None, store=None, scorer=None):
     control = ControlState()
     if policy:
         control.policies[policy.name] = policy
-    sink = ListSink()
+    sink = MemorySink()
     det = Detector(Settings.from_env({}), scorer or NuisanceScorer(), control, sink,
                    store or DictStore(), wall_clock=lambda: T0 + 10_000)
     return det, sink, control
