@@ -168,3 +168,10 @@ def test_feedback_on_enforced_numbers_counts_true_and_false_positives():
     for _ in range(10):
         det.flush()
     assert REGISTRY.get_sample_value("dialguard_blocks_active") >= 2
+
+
+def test_do_not_originate_caller_blocked_on_first_attempt():
+    det, sink, _ = make(policy=Policy(version=4, do_not_originate=("8640012",)))
+    decisions = feed(det, call("86400123456", "8613900000001", T0, answered=False))
+    assert [(d.number, d.action) for d in decisions] == [("86400123456", "block")]
+    assert "do-not-originate" in decisions[0].reasons[0]
