@@ -9,7 +9,7 @@ JARS   := .dialguard/kafka/libs/.complete
 SIMULATE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: help install jars run stop test unit integration eval broker-start broker-stop broker-status broker-wipe topics clean
+.PHONY: help install jars run stop test unit integration eval prometheus dashboards broker-start broker-stop broker-status broker-wipe topics clean
 
 help:
 	@echo "make run           start broker, topics, worker and simulator (SIMULATE=0: no simulator)"
@@ -17,6 +17,7 @@ help:
 	@echo "make stop          stop whatever 'make run' left running"
 	@echo "make unit | integration   one half of the suite"
 	@echo "make eval          detection quality on simulated scenario sets (table + PNG)"
+	@echo "make dashboards    regenerate Grafana dashboards and Prometheus rules from code"
 	@echo "make broker-start | broker-stop | broker-status | broker-wipe | topics"
 	@echo "make install       virtualenv + pinned Python packages; make jars: Kafka from Maven Central"
 
@@ -43,14 +44,21 @@ run: $(STAMP) $(JARS)
 stop: $(STAMP)
 	$(DG) stop
 
-test: $(STAMP) $(JARS)
+# Prometheus/promtool (Debian package) check the dashboards and rules for real.
+prometheus:
+	sh dashboards/ensure_prometheus.sh
+
+test: $(STAMP) $(JARS) prometheus
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-unit: $(STAMP)
+unit: $(STAMP) prometheus
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP) $(JARS)
+integration: $(STAMP) $(JARS) prometheus
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+dashboards: $(STAMP)
+	$(PY) -m dashboards.build
 
 eval: $(STAMP)
 	$(DG) eval $(EVAL_ARGS)

@@ -21,6 +21,8 @@ from streams.topics import ALLOWLIST, FEEDBACK, POLICY
 
 READ_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 15.0
+WRITE_ATTEMPTS = 3
+RETRY_BACKOFF_S = 1.0
 
 
 def _read_compacted(settings: Settings, topic: str) -> dict[str, bytes | None]:
@@ -55,12 +57,21 @@ def read_policies(settings: Settings) -> dict[str, Policy]:
 
 
 def _produce(settings: Settings, topic: str, key: bytes, value: bytes | None) -> None:
+    """Write one control record, retrying the transient errors of a freshly created topic
+    (its leader may not be known yet)."""
     producer = Producer(producer_config(settings))
     errors: list[Any] = []
-    producer.produce(topic, key=key, value=value,
-                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
-    if producer.flush(FLUSH_TIMEOUT_S) or errors:
-        raise RuntimeError(f"could not write to {topic}: {errors or 'timeout'}")
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        errors.clear()
+        producer.produce(topic, key=key, value=value,
+                         on_delivery=lambda err, _msg: errors.append(err) if err else None)
+        if producer.flush(FLUSH_TIMEOUT_S) == 0 and not errors:
+            return
+        if attempt < WRITE_ATTEMPTS and all(e.retriable() for e in errors):
+            time.sleep(RETRY_BACKOFF_S * attempt)
+            continue
+        break
+    raise RuntimeError(f"could not write to {topic}: {errors or 'timeout'}")
 
 
 def publish_policy(settings: Settings, raw: str | bytes | dict[str, Any], author: str,

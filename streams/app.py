@@ -102,6 +102,9 @@ class Runtime:
         if not self.feed.caught_up.wait(CONTROL_CATCHUP_TIMEOUT_S):
             log.warning("control topics not read to the end within %ss; starting with what "
                         "was read (built-in defaults if nothing)", CONTROL_CATCHUP_TIMEOUT_S)
+        in_force = self.control.policy  # built-in defaults until one is published
+        metrics.init_policy_series(in_force.name)
+        metrics.POLICY_VERSION.labels(in_force.name).set(in_force.version)
         self.scorer, restored = NuisanceScorer.load_or_new(
             settings.checkpoint_path, anomaly_weight=settings.anomaly_weight,
             classifier_min_labels=settings.classifier_min_labels)
@@ -191,6 +194,12 @@ async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:  # no
                           "recounted from the changelog")
         _runtime.detector.dirty.clear()
         _runtime.detector.forget_cache()
+    for tp in revoked:
+        if tp.topic == SIGNALING_EVENTS.name:
+            try:
+                metrics.CONSUMER_LAG.remove(str(tp.partition))
+            except KeyError:
+                pass
 
 
 @app.on_before_shutdown.connect

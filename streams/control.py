@@ -50,6 +50,7 @@ class ControlState:
         if policy.name != key:
             raise PolicyError(f"record key {key!r} differs from policy name {policy.name!r}")
         self.policies[key] = policy
+        metrics.init_policy_series(key)
         if key == self.policy_name:
             metrics.POLICY_VERSION.labels(key).set(policy.version)
             log.info("policy %s v%d in force (author %s: %s)", key, policy.version,

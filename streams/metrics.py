@@ -50,3 +50,27 @@ MODEL_DRIFT = Counter("dialguard_model_drift_alarms_total",
 CONSUMER_LAG = Gauge("dialguard_consumer_lag_messages",
                      "Messages of signaling.events not yet processed, per partition",
                      ["partition"])
+
+
+# -- Series that exist before their first event ------------------------------------------------
+# Why: a labelled series does not exist until its first increment, so rate()/increase() never
+# see that increment (the series is born at 1), dashboards read "No data" instead of 0, and the
+# dead-letter ratio (dashboards/queries.py) cannot be computed on a clean stream. The label
+# values here are bounded sets.
+from streams.policy import THRESHOLD_ACTIONS  # noqa: E402  (below the metrics on purpose)
+from streams.schema import DLQ_REASONS  # noqa: E402
+
+DRY_RUN_LABELS = ("true", "false")
+
+for _reason in DLQ_REASONS:
+    DEAD_LETTERS.labels(_reason)
+
+
+def init_policy_series(policy: str) -> None:
+    """Create a policy's decision and feedback series at 0 when it comes in force, so the first
+    false positive of a policy is counted by increase() and its FP rate reads 0, not nothing."""
+    TRUE_POSITIVES.labels(policy)
+    FALSE_POSITIVES.labels(policy)
+    for action in THRESHOLD_ACTIONS:
+        for dry_run in DRY_RUN_LABELS:
+            DECISIONS.labels(action, policy, dry_run)

@@ -1,0 +1,234 @@
+"""Every PromQL expression of dialguard's dashboards and Prometheus rules, defined once.
+
+Why one module: the Grafana panels (``dashboards/build.py``), the rules file it generates
+(``dashboards/rules.yml``) and the tests (which run each expression through ``promtool`` and a
+real Prometheus scraping a real worker) must agree on what "false-positive rate" or "consumer
+lag" means. A panel that shows one formula while the alert fires on another is worse than no
+panel. Metric names are those of ``streams/metrics.py``; ``tests/unit/test_dashboards.py``
+checks every name used here exists there (or is a recording rule below).
+
+Windows are fixed (``[5m]``), not Grafana's ``$__rate_interval``, so the very string a panel
+sends is one Prometheus can run as is (the integration test does exactly that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- windows and thresholds --------------------------------------------------------------------
+#: Window of per-second rates on the live panels and of the dead-letter ratio alert.
+RATE_WINDOW = "5m"
+#: Blocks are rare events: quantiles of "calls before block" need a longer window to be stable.
+BLOCK_QUANTILE_WINDOW = "1h"
+#: Detection quality is judged from feedback labels, which trickle in: short and long windows.
+QUALITY_WINDOWS = ("1h", "24h")
+#: Target false-positive rate: at most 1 enforced decision in 100 later found to be legitimate.
+FP_RATE_TARGET = 0.01
+#: Any limiter trip within this window alerts (the limiter only trips on a surge of new blocks).
+LIMITER_WINDOW = "10m"
+#: Any ADWIN drift alarm within this window alerts.
+DRIFT_WINDOW = "30m"
+#: Unprocessed messages on one partition that mean detection is falling behind the network.
+CONSUMER_LAG_ALERT_MESSAGES = 10_000
+#: Share of input records sent to the dead-letter topic that means a producer broke its format.
+DLQ_RATIO_ALERT = 0.01
+#: Decision actions that act on traffic (streams.detector.ENFORCING); "label" only annotates.
+ENFORCING_ACTIONS_REGEX = "block|rate_limit"
+
+# -- raw selectors -------------------------------------------------------------------------------
+ENFORCING_DECISIONS = (f'dialguard_decisions_total{{action=~"{ENFORCING_ACTIONS_REGEX}",'
+                       f'dry_run="false"}}')
+FALSE_POSITIVES = "dialguard_false_positives_total"
+TRUE_POSITIVES = "dialguard_true_positives_total"
+
+# -- recording rule names (level:metric:operations) ---------------------------------------------
+FP_RATE_TARGET_RECORD = "dialguard:fp_rate_target"
+DLQ_RATIO_RECORD = f"dialguard:dead_letter_ratio:rate{RATE_WINDOW}"
+
+
+def enforcing_record(window: str) -> str:
+    """Live (not dry-run) block and rate-limit decisions per policy over ``window``."""
+    return f"policy:dialguard_enforcing_decisions:increase{window}"
+
+
+def false_positives_record(window: str) -> str:
+    """Enforced numbers labelled legitimate per policy over ``window``."""
+    return f"policy:dialguard_false_positives:increase{window}"
+
+
+def true_positives_record(window: str) -> str:
+    """Enforced numbers labelled robot per policy over ``window``."""
+    return f"policy:dialguard_true_positives:increase{window}"
+
+
+def fp_rate_record(window: str) -> str:
+    """False positives per enforcing decision, per policy over ``window``."""
+    return f"policy:dialguard_false_positive_rate:ratio{window}"
+
+
+def precision_record(window: str) -> str:
+    """Estimated precision tp / (tp + fp) of enforcement, per policy over ``window``."""
+    return f"policy:dialguard_precision:ratio{window}"
+
+
+@dataclass(frozen=True)
+class RecordingRule:
+    """A Prometheus recording rule: ``record`` is the new series, ``expr`` computes it."""
+
+    record: str
+    expr: str
+
+
+def _increase_by_policy(selector: str, window: str) -> str:
+    return f"sum by (policy) (increase({selector}[{window}]))"
+
+
+def _or_zero(record: str, fallback: str) -> str:
+    """``record``, or 0 for each policy that has ``fallback`` but no ``record`` series.
+
+    Why: a policy with decisions but no false positive yet has an FP rate of 0, not "no data";
+    without this, the panels go blank exactly when things are fine.
+    """
+    return f"({record} or {fallback} * 0)"
+
+
+def quality_rules(window: str) -> list[RecordingRule]:
+    """Feedback-based quality over ``window``: counts first, ratios from them."""
+    enforcing = enforcing_record(window)
+    fps = false_positives_record(window)
+    tps = true_positives_record(window)
+    tp_or_zero = _or_zero(tps, fps)
+    fp_or_zero = _or_zero(fps, tps)
+    return [
+        RecordingRule(enforcing, _increase_by_policy(ENFORCING_DECISIONS, window)),
+        RecordingRule(fps, _increase_by_policy(FALSE_POSITIVES, window)),
+        RecordingRule(tps, _increase_by_policy(TRUE_POSITIVES, window)),
+        # Dividing by "> 0" drops windows without enforcement instead of reporting +Inf.
+        RecordingRule(fp_rate_record(window),
+                      f"{_or_zero(fps, enforcing)} / ({enforcing} > 0)"),
+        RecordingRule(precision_record(window),
+                      f"{tp_or_zero} / (({tp_or_zero} + {fp_or_zero}) > 0)"),
+    ]
+
+
+def recording_rules() -> list[RecordingRule]:
+    """All recording rules, in evaluation order (a rule may use the ones before it)."""
+    rules = [RecordingRule(FP_RATE_TARGET_RECORD, f"vector({FP_RATE_TARGET})")]
+    for window in QUALITY_WINDOWS:
+        rules.extend(quality_rules(window))
+    dead = f"sum(rate(dialguard_dead_letters_total[{RATE_WINDOW}]))"
+    accepted = f"sum(rate(dialguard_events_total[{RATE_WINDOW}]))"
+    rules.append(RecordingRule(DLQ_RATIO_RECORD, f"{dead} / ({accepted} + {dead})"))
+    return rules
+
+
+# -- panel expressions ---------------------------------------------------------------------------
+def quantile(q: float, histogram: str, window: str) -> str:
+    """The ``q`` quantile of a histogram across workers over ``window``."""
+    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{window}])))"
+
+
+EVENTS_BY_PROTO_KIND = f"sum by (proto, kind) (rate(dialguard_events_total[{RATE_WINDOW}]))"
+DECISIONS_BY_ACTION = f"sum by (action) (rate(dialguard_decisions_total[{RATE_WINDOW}]))"
+BLOCKS_ACTIVE = "sum(dialguard_blocks_active)"
+#: max, not sum: after a rebalance the previous owner may still export its last value.
+CONSUMER_LAG_BY_PARTITION = "max by (partition) (dialguard_consumer_lag_messages)"
+WORST_PARTITION_LAG = f"max({CONSUMER_LAG_BY_PARTITION})"
+DLQ_BY_REASON = f"sum by (reason) (rate(dialguard_dead_letters_total[{RATE_WINDOW}]))"
+LIMITER_TRIPS = f"sum(increase(dialguard_block_limiter_trips_total[{LIMITER_WINDOW}]))"
+LATE_EVENTS = f"sum(rate(dialguard_late_events_dropped_total[{RATE_WINDOW}]))"
+FLUSH_P99 = quantile(0.99, "dialguard_flush_seconds", RATE_WINDOW)
+
+DECISION_LATENCY_P50 = quantile(0.5, "dialguard_decision_latency_seconds", RATE_WINDOW)
+DECISION_LATENCY_P99 = quantile(0.99, "dialguard_decision_latency_seconds", RATE_WINDOW)
+CALLS_BEFORE_BLOCK_P50 = quantile(0.5, "dialguard_calls_before_block", BLOCK_QUANTILE_WINDOW)
+CALLS_BEFORE_BLOCK_P90 = quantile(0.9, "dialguard_calls_before_block", BLOCK_QUANTILE_WINDOW)
+MODEL_ROC_AUC = "max by (instance) (dialguard_model_roc_auc)"
+MODEL_LOG_LOSS = "max by (instance) (dialguard_model_log_loss)"
+DRIFT_ALARMS = f"sum(increase(dialguard_model_drift_alarms_total[{DRIFT_WINDOW}]))"
+
+POLICY_VERSION = "max by (policy) (dialguard_policy_version)"
+DECISIONS_BY_POLICY_DRY_RUN = (f"sum by (policy, dry_run) "
+                               f"(rate(dialguard_decisions_total[{RATE_WINDOW}]))")
+DECISIONS_24H_BY_POLICY_ACTION = ("sum by (policy, action, dry_run) "
+                                  "(increase(dialguard_decisions_total[24h]))")
+
+
+# -- alerting rules ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AlertRule:
+    """An alert as ``signal condition``.
+
+    Why split: ``signal`` is the watched quantity and has series whenever a worker is scraped,
+    so the integration test can prove it is computable; ``signal condition`` (what fires) is
+    empty on a healthy system and so proves nothing by itself.
+    """
+
+    alert: str
+    signal: str
+    condition: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+
+    @property
+    def expr(self) -> str:
+        return f"{self.signal} {self.condition}"
+
+
+def _fp_rate_alert(window: str, for_: str, severity: str) -> AlertRule:
+    return AlertRule(
+        alert=f"DialguardFalsePositiveRateHigh{window}",
+        signal=fp_rate_record(window),
+        condition=f"> on() group_left() {FP_RATE_TARGET_RECORD}",
+        for_=for_, severity=severity,
+        summary=f"Policy {{{{ $labels.policy }}}}: false-positive rate over {window} above "
+                f"target",
+        description=(f"{{{{ $value | humanizePercentage }}}} of the live blocks and rate "
+                     f"limits of policy {{{{ $labels.policy }}}} in the last {window} were "
+                     f"later labelled legitimate (target {FP_RATE_TARGET:.0%}). People who "
+                     f"have a right to call are being cut off: review the policy's thresholds "
+                     f"or switch it to dry_run."))
+
+
+def alert_rules() -> list[AlertRule]:
+    """The alerts, in the order they appear in rules.yml."""
+    return [
+        _fp_rate_alert("1h", for_="15m", severity="critical"),
+        _fp_rate_alert("24h", for_="1h", severity="warning"),
+        AlertRule(
+            alert="DialguardBlockLimiterTripped", signal=LIMITER_TRIPS, condition="> 0",
+            for_="", severity="critical",
+            summary="Block limiter turned new blocks into dry-run",
+            description=(f"New blocks exceeded the blast-radius limit in the last "
+                         f"{LIMITER_WINDOW} and were published as dry-run (trips: {{{{ $value "
+                         f"| humanize }}}}). Either a large campaign is under way or the "
+                         f"model or policy misfires: check the decisions before raising the "
+                         f"limit.")),
+        AlertRule(
+            alert="DialguardConsumerLagHigh", signal=CONSUMER_LAG_BY_PARTITION,
+            condition=f"> {CONSUMER_LAG_ALERT_MESSAGES}", for_="10m", severity="warning",
+            summary="Partition {{ $labels.partition }} of signaling.events is falling behind",
+            description=("{{ $value | humanize }} messages of partition "
+                         "{{ $labels.partition }} are not processed yet: robots keep calling "
+                         "until the worker catches up. Add workers (up to the partition "
+                         "count) or look for a stuck worker.")),
+        AlertRule(
+            alert="DialguardDeadLetterSurge", signal=DLQ_RATIO_RECORD,
+            condition=f"> {DLQ_RATIO_ALERT}", for_="10m", severity="warning",
+            summary="Surge of malformed signaling records",
+            description=("{{ $value | humanizePercentage }} of incoming records over the last "
+                         f"{RATE_WINDOW} went to signaling.events.dlq (alert above "
+                         f"{DLQ_RATIO_ALERT:.0%}). A producer changed its format: the "
+                         "dead-letter panel shows the reasons, the records' dlq.* headers "
+                         "where they came from.")),
+        AlertRule(
+            alert="DialguardModelDrift", signal=DRIFT_ALARMS, condition="> 0",
+            for_="", severity="warning",
+            summary="The score distribution drifted",
+            description=(f"ADWIN raised drift alarms on the stream of scores in the last "
+                         f"{DRIFT_WINDOW} (alarms: {{{{ $value | humanize }}}}): traffic "
+                         f"changed or the model did. Watch the false-positive rate and the decisions per "
+                         f"action before trusting new blocks.")),
+    ]

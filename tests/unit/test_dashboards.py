@@ -1,0 +1,224 @@
+"""Dashboards and rules as code: committed files equal the code, PromQL names real metrics, and
+promtool accepts and passes the rules (``dashboards/rules_test.yml``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import promql_parser
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from dashboards import build
+from dashboards import queries as q
+from dashboards.tooling import ToolMissing, prometheus_tool
+from services.settings import REPO_ROOT
+from streams import metrics
+from streams.detector import ENFORCING
+
+PROMTOOL_TIMEOUT_S = 60
+#: Series names a metric of each type exports (prometheus_client's exposition).
+SAMPLE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+}
+GRID_COLUMNS = 24
+
+
+def exported_series_names() -> set[str]:
+    """Every series name the worker can export, from the metric objects in streams/metrics.py."""
+    names: set[str] = set()
+    for obj in vars(metrics).values():
+        if isinstance(obj, MetricWrapperBase):
+            for family in obj.describe():
+                names.update(family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type])
+    return names
+
+
+def committed_rules() -> dict:
+    return yaml.safe_load(build.RULES_PATH.read_text())
+
+
+def recorded_names() -> set[str]:
+    return {r["record"] for g in committed_rules()["groups"] for r in g["rules"] if "record" in r}
+
+
+def selected_names(expr: str) -> set[str]:
+    """Metric names an expression selects, from a real PromQL parse (fails on bad syntax)."""
+    names: set[str] = set()
+
+    def visit(node: object) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            if node.name:
+                names.add(node.name)
+            names.update(m.value for m in node.matchers.matchers if m.name == "__name__")
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def all_panel_targets() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) of every panel query, from the committed JSON."""
+    return [(name, title, expr) for name in build.DASHBOARDS
+            for title, expr in build.panel_targets((build.GRAFANA_DIR / name).read_text())]
+
+
+def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        promtool = prometheus_tool("promtool")
+    except ToolMissing as exc:
+        pytest.fail(str(exc))
+    return subprocess.run([promtool, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=PROMTOOL_TIMEOUT_S, check=False)
+
+
+# -- generated files ---------------------------------------------------------------------------
+def test_committed_files_equal_what_the_code_generates():
+    assert build.stale_files(build.generated_files()) == [], \
+        "run `python -m dashboards.build` and commit the result"
+
+
+def test_check_cli_exits_zero_on_the_committed_files():
+    done = subprocess.run([sys.executable, "-m", "dashboards.build", "--check"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_check_fails_when_a_committed_file_differs(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "GRAFANA_DIR", tmp_path / "grafana")
+    monkeypatch.setattr(build, "RULES_PATH", tmp_path / "rules.yml")
+    monkeypatch.setattr(build, "DASHBOARDS_DIR", tmp_path)
+    assert build.main(["--check"]) == 1  # nothing written yet
+    assert build.main([]) == 0
+    assert build.main(["--check"]) == 0
+    edited = tmp_path / "grafana" / "noc-overview.json"
+    edited.write_text(edited.read_text().replace("NOC overview", "NOC overvue"))
+    assert build.main(["--check"]) == 1
+
+
+# -- PromQL names only what exists ---------------------------------------------------------------
+def test_every_panel_query_selects_exported_metrics_or_recorded_rules():
+    known = exported_series_names() | recorded_names()
+    targets = all_panel_targets()
+    assert len(targets) >= 20
+    unknown = {(name, title, n) for name, title, expr in targets
+               for n in selected_names(expr) - known}
+    assert not unknown, unknown
+
+
+def test_every_panel_query_is_defined_in_queries_py():
+    """One source of truth: a panel may not carry PromQL of its own."""
+    defined = {v for v in vars(q).values() if isinstance(v, str)}
+    defined |= {r.record for r in q.recording_rules()}
+    inline = {(name, title, expr) for name, title, expr in all_panel_targets()
+              if expr not in defined}
+    assert not inline, inline
+
+
+def test_every_rule_selects_exported_metrics_or_earlier_recorded_rules():
+    """Rules of a group run in order: a rule may only use what was recorded before it."""
+    exported = exported_series_names()
+    recorded: set[str] = set()
+    for group in committed_rules()["groups"]:
+        for rule in group["rules"]:
+            unknown = selected_names(rule["expr"]) - exported - recorded
+            assert not unknown, (rule.get("record") or rule.get("alert"), unknown)
+            if "record" in rule:
+                recorded.add(rule["record"])
+
+
+def test_the_metric_inventory_is_what_the_worker_exports():
+    names = exported_series_names()
+    assert {"dialguard_decisions_total", "dialguard_calls_before_block_bucket",
+            "dialguard_blocks_active", "dialguard_consumer_lag_messages"} <= names
+    assert "dialguard_decisions" not in names
+
+
+def test_every_recording_rule_is_used_by_a_panel_or_a_rule():
+    used = {n for _, _, expr in all_panel_targets() for n in selected_names(expr)}
+    used |= {n for g in committed_rules()["groups"] for r in g["rules"]
+             for n in selected_names(r["expr"])}
+    assert recorded_names() - used == set()
+
+
+def test_quality_panels_use_the_recording_rules():
+    exprs = {expr for _, _, expr in all_panel_targets()}
+    for window in q.QUALITY_WINDOWS:
+        assert q.fp_rate_record(window) in exprs
+        assert q.precision_record(window) in exprs
+    assert q.FP_RATE_TARGET_RECORD in exprs and q.DLQ_RATIO_RECORD in exprs
+
+
+def test_enforcing_actions_match_the_detector():
+    assert set(q.ENFORCING_ACTIONS_REGEX.split("|")) == set(ENFORCING)
+
+
+def test_dead_letter_reasons_and_policy_series_are_initialised():
+    """Without these series the DLQ ratio has no value on a clean stream and the first false
+    positive of a policy is invisible to increase()."""
+    exposed = {s.labels["reason"] for s in metrics.DEAD_LETTERS.collect()[0].samples}
+    assert exposed >= set(metrics.DLQ_REASONS)
+    metrics.init_policy_series("unit-test-policy")
+    fps = {s.labels.get("policy") for s in metrics.FALSE_POSITIVES.collect()[0].samples}
+    assert "unit-test-policy" in fps
+
+
+# -- rules -----------------------------------------------------------------------------------------
+def test_every_alert_explains_itself():
+    alerts = [r for g in committed_rules()["groups"] for r in g["rules"] if "alert" in r]
+    assert {a["alert"] for a in alerts} == {a.alert for a in q.alert_rules()}
+    for alert in alerts:
+        assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+
+
+def test_every_alert_has_a_firing_case_and_the_healthy_case_covers_all():
+    tests = yaml.safe_load((build.DASHBOARDS_DIR / "rules_test.yml").read_text())["tests"]
+    fired = {case["alertname"] for t in tests for case in t.get("alert_rule_test", [])
+             if case["exp_alerts"]}
+    assert fired == {a.alert for a in q.alert_rules()}
+    healthy = [t for t in tests if t["name"].startswith("healthy")]
+    assert len(healthy) == 1
+    quiet = {c["alertname"] for c in healthy[0]["alert_rule_test"] if not c["exp_alerts"]}
+    assert quiet == fired
+
+
+def test_promtool_checks_the_rules():
+    done = run_promtool("check", "rules", str(build.RULES_PATH))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_rule_unit_tests_pass():
+    done = run_promtool("test", "rules", str(build.DASHBOARDS_DIR / "rules_test.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- dashboards are well formed ------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(build.DASHBOARDS))
+def test_dashboard_is_well_formed(name: str):
+    model = json.loads((build.GRAFANA_DIR / name).read_text())
+    assert {"uid", "title", "panels", "schemaVersion", "templating"} <= set(model)
+    panels = model["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    variables = {v["name"]: v for v in model["templating"]["list"]}
+    assert variables[build.DATASOURCE_VARIABLE]["query"] == "prometheus"
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= GRID_COLUMNS, panel["title"]
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == f"${{{build.DATASOURCE_VARIABLE}}}"
+
+
+def test_dashboard_uids_are_unique_and_provisioning_points_at_the_mounted_folder():
+    uids = [json.loads((build.GRAFANA_DIR / n).read_text())["uid"] for n in build.DASHBOARDS]
+    assert len(set(uids)) == len(uids)
+    provisioning = yaml.safe_load(
+        (build.DASHBOARDS_DIR / "provisioning" / "dashboards" / "dialguard.yml").read_text())
+    provider = provisioning["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"].startswith("/var/lib/")
