@@ -9,7 +9,7 @@ JARS   := .dialguard/kafka/libs/.complete
 SIMULATE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: help install jars run stop test unit integration eval prometheus dashboards broker-start broker-stop broker-status broker-wipe topics clean
+.PHONY: help install jars run stop test unit integration eval bench prometheus dashboards broker-start broker-stop broker-status broker-wipe topics clean
 
 help:
 	@echo "make run           start broker, topics, worker and simulator (SIMULATE=0: no simulator)"
@@ -17,6 +17,7 @@ help:
 	@echo "make stop          stop whatever 'make run' left running"
 	@echo "make unit | integration   one half of the suite"
 	@echo "make eval          detection quality on simulated scenario sets (table + PNG)"
+	@echo "make bench         speed and memory figures against a broker of its own"
 	@echo "make dashboards    regenerate Grafana dashboards and Prometheus rules from code"
 	@echo "make broker-start | broker-stop | broker-status | broker-wipe | topics"
 	@echo "make install       virtualenv + pinned Python packages; make jars: Kafka from Maven Central"
@@ -62,6 +63,9 @@ dashboards: $(STAMP)
 
 eval: $(STAMP)
 	$(DG) eval $(EVAL_ARGS)
+
+bench: $(STAMP) $(JARS)
+	$(DG) bench $(BENCH_ARGS)
 
 broker-start: $(STAMP) $(JARS)
 	$(DG) broker start

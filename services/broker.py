@@ -370,3 +370,16 @@ class EmbeddedBroker:
         if not self.log.exists():
             return "(no broker log yet)"
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS just handed out on loopback, held together so they are all distinct
+    (a test or benchmark broker then runs beside whatever else is listening)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

@@ -73,6 +73,12 @@ def _eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def _bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.bench import run
+
+    return run(args, settings)
+
+
 def _watch_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from services.watch import watch
 
@@ -154,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(p)
     p.set_defaults(func=_eval_cmd)
+
+    p = sub.add_parser("bench", help="speed and memory figures against a real local broker",
+                       description="Start a broker of its own and print: the bare "
+                                   "consume+decode ceiling, the worker's end-to-end events/s, "
+                                   "decision latency p50/p99 at half the peak, bytes of state "
+                                   "per number and peak RSS with many distinct callers.")
+    from services.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
+    p.set_defaults(func=_bench_cmd)
 
     p = sub.add_parser("watch", help="print decisions as they are published",
                        description="Tail switch.control.decisions and print one line each.")

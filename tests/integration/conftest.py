@@ -7,32 +7,20 @@ downloaded once (``fetch`` runs Maven only if they are missing).
 
 from __future__ import annotations
 
-import socket
+
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from services.admin import ensure_topics
-from services.broker import EmbeddedBroker
+from services.broker import EmbeddedBroker, free_ports
 from services.settings import Settings
 
 #: Fewer than the production default: fewer partitions, faster topic creation and rebalances.
 TEST_PARTITIONS = 4
 #: Test brokers hold little data; keep several of them affordable on a laptop.
 TEST_BROKER_HEAP = "512m"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS just handed out on loopback; held together so they are all distinct."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def shared_libs_dir() -> Path:

@@ -15,6 +15,7 @@ from typing import Iterable
 
 from confluent_kafka import Consumer, Producer
 
+from services.broker import free_ports
 from services.settings import REPO_ROOT, Settings
 from streams.schema import Decision, ScoreRecord, SignalingEvent
 from streams.sink import producer_config
@@ -26,9 +27,7 @@ STOP_TIMEOUT_S = 30.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass

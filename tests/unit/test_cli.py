@@ -4,7 +4,7 @@ from services.cli import build_parser, main
 from services.watch import format_decision
 from streams.schema import Decision
 
-SUBCOMMANDS = ["broker", "topics", "worker", "simulate", "eval", "watch", "policy", "run", "stop"]
+SUBCOMMANDS = ["broker", "topics", "worker", "simulate", "eval", "bench", "watch", "policy", "run", "stop"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
