@@ -32,7 +32,7 @@ DRIFT_WINDOW = "30m"
 CONSUMER_LAG_ALERT_MESSAGES = 10_000
 #: Share of input records sent to the dead-letter topic that means a producer broke its format.
 DLQ_RATIO_ALERT = 0.01
-#: Decision actions that act on traffic (streams.detector.ENFORCING); "label" only annotates.
+#: Decision actions that act on traffic (streams.policy.ENFORCING); "label" only annotates.
 ENFORCING_ACTIONS_REGEX = "block|rate_limit"
 
 # -- raw selectors -------------------------------------------------------------------------------

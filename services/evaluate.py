@@ -29,9 +29,9 @@ from services.settings import Settings
 from services.simulator import SCENARIOS, Scenario, Simulation, TruthEntry
 from streams.control import ControlState
 from streams.detector import DictStore, Detector, MemorySink
+from streams.policy import ENFORCING
 from streams.schema import Decision
 
-ENFORCING = ("rate_limit", "block")
 DEFAULT_SCENARIOS = ("default", "slow_robots", "snowshoe_heavy", "collections", "bursty_humans")
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_HOURS = 24.0

@@ -22,7 +22,7 @@ from streams.control import ControlState
 from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCounters,
                               features)
 from streams.numbers import NumberPlan, prefix_of
-from streams.policy import BlockLimiter, CurrentAction, decide
+from streams.policy import ENFORCING, BlockLimiter, CurrentAction, decide
 from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
                             SignalingEvent)
 
@@ -37,7 +37,6 @@ POOL_SWEEP_EVERY = 500
 ACTION_MEMORY = 100_000
 #: The blocks-active gauge is recounted every this many flushes.
 GAUGE_EVERY = 10
-ENFORCING = ("rate_limit", "block")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from streams.schema import AllowEntry, Decision
 #: Actions in increasing severity; "unblock" is issued by people, not by thresholds.
 SEVERITY: dict[str, int] = {"": 0, "label": 1, "rate_limit": 2, "block": 3}
 THRESHOLD_ACTIONS = ("label", "rate_limit", "block")
+#: Actions that act on traffic; a "label" only annotates a number.
+ENFORCING = ("rate_limit", "block")
 
 #: Built into every worker and not removable through control.allowlist: emergency services
 #: (China 110/119/120/122, GSM 112, North America 911, EU 999/000 style short codes) and the

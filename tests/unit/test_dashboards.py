@@ -17,7 +17,7 @@ from dashboards import queries as q
 from dashboards.tooling import ToolMissing, prometheus_tool
 from services.settings import REPO_ROOT
 from streams import metrics
-from streams.detector import ENFORCING
+from streams.policy import ENFORCING
 
 PROMTOOL_TIMEOUT_S = 60
 #: Series names a metric of each type exports (prometheus_client's exposition).
