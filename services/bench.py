@@ -40,8 +40,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,7 +48,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 
 from services.broker import free_ports
-from services.settings import ENV_PREFIX, REPO_ROOT, Settings
+from services.settings import REPO_ROOT, Settings
+from services.worker_process import WorkerProcess, scrape
 from services.simulator import MOBILE_PREFIXES, Scenario, Simulation, Subscribers
 from streams.features import CallerState, FeatureConfig
 from streams.schema import SignalingEvent
@@ -89,9 +88,6 @@ PRODUCER_FLUSH_S = 60.0
 PREFILL_LINGER_MS = 50
 METRICS_POLL_S = 0.2
 METRICS_TIMEOUT_S = 2.0
-WORKER_READY_TIMEOUT_S = 120.0
-WORKER_STOP_TIMEOUT_S = 30.0
-WORKER_LOG_TAIL = 40
 #: Prometheus counters whose sum is "records the worker has finished with".
 PROGRESS_COUNTERS = ("dialguard_events_total", "dialguard_dead_letters_total",
                      "dialguard_late_events_dropped_total")
@@ -635,81 +631,6 @@ def bench_settings(settings: Settings, home: Path) -> Settings:
                              broker_heap=settings.broker_heap)
 
 
-def scrape(port: int) -> str | None:
-    """The worker's metrics text, or None while its endpoint is not up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                    timeout=METRICS_TIMEOUT_S) as resp:
-            return resp.read().decode()
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-class BenchWorker:
-    """A real ``dialguard worker`` subprocess with its own home, app id and ports."""
-
-    def __init__(self, settings: Settings, home: Path) -> None:
-        self.settings = settings
-        self.home = home
-        self.app_id = f"bench-{uuid.uuid4().hex[:8]}"
-        self.web_port, self.metrics_port = free_ports(2)
-        self.log_path = home / "worker.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def env(self) -> dict[str, str]:
-        """Production defaults, except where this worker lives and listens."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update({
-            f"{ENV_PREFIX}KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            f"{ENV_PREFIX}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
-            f"{ENV_PREFIX}HOME": str(self.home),
-            f"{ENV_PREFIX}APP_ID": self.app_id,
-            f"{ENV_PREFIX}WORKER_WEB_PORT": str(self.web_port),
-            f"{ENV_PREFIX}METRICS_PORT": str(self.metrics_port),
-            "PYTHONPATH": str(REPO_ROOT),
-        })
-        return env
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "worker"],
-                                         stdout=log, stderr=subprocess.STDOUT, env=self.env(),
-                                         cwd=REPO_ROOT, start_new_session=True)
-
-    def wait_metrics(self, timeout: float = WORKER_READY_TIMEOUT_S) -> str:
-        """First metrics text: the worker has read its control topics and built its runtime."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            text = scrape(self.metrics_port)
-            if text is not None:
-                return text
-            time.sleep(METRICS_POLL_S)
-        raise RuntimeError(f"worker metrics not up within {timeout:.0f}s:\n{self.tail()}")
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise RuntimeError(f"worker exited ({code}):\n{self.tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM its process group (Faust flushes and checkpoints), SIGKILL if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def tail(self, lines: int = WORKER_LOG_TAIL) -> str:
-        if not self.log_path.exists():
-            return "(no worker log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @contextlib.contextmanager
 def pinned_to_one_cpu() -> Iterator[int | None]:
     """Run the block on one CPU; threads started inside (librdkafka's) inherit the mask."""
@@ -858,7 +779,7 @@ def consume_and_decode(consumer: Any, expected: int) -> float | None:
     return throughput([(first_t, first_n), (last_t, seen)]) if first_t else None
 
 
-def measure_worker(worker: BenchWorker, expected: int, results: Results) -> float:
+def measure_worker(worker: WorkerProcess, expected: int, results: Results) -> float:
     """Figure 2: poll the worker's counters until it has processed every pre-filled event.
 
     Returns the wall seconds it took, the fallback rate when the run was too short to time.
@@ -974,7 +895,7 @@ class LatencyRun:
         self.consumer.close()
 
 
-def measure_latency(settings: Settings, worker: BenchWorker, rate: float, seconds: float,
+def measure_latency(settings: Settings, worker: WorkerProcess, rate: float, seconds: float,
                     processed: float, results: Results, broker_pid: int | None = None) -> None:
     """Figure 3: live traffic at ``rate`` with robot bursts; decisions timed on arrival."""
     say(f"phase 3/5 latency: live traffic at {rate:,.0f} events/s for {seconds:g}s ...")
@@ -1006,7 +927,7 @@ def measure_latency(settings: Settings, worker: BenchWorker, rate: float, second
     say(f"phase 3/5 done: {len(run.latencies):,} decisions timed")
 
 
-def drain_catchup(worker: BenchWorker, run: LatencyRun, target: float,
+def drain_catchup(worker: WorkerProcess, run: LatencyRun, target: float,
                   results: Results) -> None:
     """Wait (collecting decisions) until the worker has processed every live event."""
     started = time.monotonic()
@@ -1134,7 +1055,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     bs = bench_settings(settings, home)
     results.partitions = bs.topic_partitions
     broker = EmbeddedBroker(bs, libs_dir=settings.kafka_dir / "libs")
-    worker = BenchWorker(bs, home / "worker")
+    worker = WorkerProcess(bs, home / "worker", app_id=f"bench-{uuid.uuid4().hex[:8]}")
     try:
         with sigterm_interrupts():
             records = generate(args.events)

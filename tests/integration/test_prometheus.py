@@ -34,7 +34,7 @@ from services.control_client import publish_label, publish_policy
 from services.simulator import Scenario, Simulation
 from streams.policy import Policy
 from streams.schema import Label
-from tests.integration.worker_harness import (DECISIONS, TopicReader, WorkerProcess,
+from tests.integration.worker_harness import (DECISIONS, TopicReader, HarnessWorker,
                                               decisions_of, free_port, produce_events)
 
 pytestmark = pytest.mark.integration
@@ -62,17 +62,6 @@ TRUE_POSITIVE_LABEL = "complaint"
 FALSE_POSITIVE_LABEL = "appeal_upheld"
 SCRAPE_JOB = yaml.safe_load(
     (build.DASHBOARDS_DIR / "prometheus.yml").read_text())["scrape_configs"][0]["job_name"]
-
-
-@dataclass
-class MetricsWorker(WorkerProcess):
-    """A worker whose metrics port is chosen before it starts, so Prometheus can be told it
-    (``WorkerProcess.env`` picks a new free port on every call)."""
-
-    metrics_port: int = field(default_factory=free_port)
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "DIALGUARD_METRICS_PORT": str(self.metrics_port)}
 
 
 @dataclass
@@ -202,7 +191,7 @@ def publish_live_policy(settings) -> None:
 
 @pytest.fixture
 def worker(broker_settings, tmp_path):
-    w = MetricsWorker(broker_settings, tmp_path / "worker",
+    w = HarnessWorker(broker_settings, tmp_path / "worker",
                       app_id=f"dg-prom-{uuid.uuid4().hex[:6]}")
     try:
         w.start()

@@ -19,7 +19,7 @@ from services.simulator import Scenario, Simulation
 from streams.policy import Policy
 from streams.schema import DLQ_HEADER_REASON, SignalingEvent
 from tests.integration.worker_harness import (DECISIONS, SCORES, SIGNALING_DLQ, TopicReader,
-                                              WorkerProcess, decisions_of, produce_events,
+                                              HarnessWorker, decisions_of, produce_events,
                                               produce_raw, scores_of)
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ DECISION_WAIT_S = 120.0
 
 @pytest.fixture(scope="module")
 def worker(broker_settings, tmp_path_factory):
-    w = WorkerProcess(broker_settings, tmp_path_factory.mktemp("worker"),
+    w = HarnessWorker(broker_settings, tmp_path_factory.mktemp("worker"),
                       app_id=f"dg-test-{uuid.uuid4().hex[:6]}")
     w.start()
     yield w

@@ -2,94 +2,38 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from confluent_kafka import Consumer, Producer
 
 from services.broker import free_ports
-from services.settings import REPO_ROOT, Settings
+from services.settings import Settings
+from services.worker_process import WorkerProcess
 from streams.schema import Decision, ScoreRecord, SignalingEvent
 from streams.sink import producer_config
 from streams.topics import DECISIONS, SCORES, SIGNALING_DLQ, SIGNALING_EVENTS
 
-READY_MARK = "Ready"
 START_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 30.0
+TEST_ENV = {"DIALGUARD_FLUSH_INTERVAL_S": "0.2", "DIALGUARD_CHECKPOINT_INTERVAL_S": "2"}
 
 
 def free_port() -> int:
     return free_ports(1)[0]
 
 
-@dataclass
-class WorkerProcess:
-    settings: Settings
-    home: Path
-    app_id: str
-    log_path: Path = field(init=False)
-    proc: subprocess.Popen | None = None
+class HarnessWorker(WorkerProcess):
+    """A worker tuned for tests (short flush and checkpoint intervals) whose ``start`` returns
+    only once it owns its partitions and serves metrics."""
 
-    def __post_init__(self) -> None:
-        self.log_path = self.home / "worker.log"
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
-        env.update({
-            "DIALGUARD_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            "DIALGUARD_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
-            "DIALGUARD_HOME": str(self.home),
-            "DIALGUARD_APP_ID": self.app_id,
-            "DIALGUARD_WORKER_WEB_PORT": str(free_port()),
-            "DIALGUARD_METRICS_PORT": str(free_port()),
-            "DIALGUARD_FLUSH_INTERVAL_S": "0.2",
-            "DIALGUARD_CHECKPOINT_INTERVAL_S": "2",
-            "PYTHONPATH": str(REPO_ROOT),
-        })
-        return env
+    def __init__(self, settings: Settings, home: Path, app_id: str) -> None:
+        super().__init__(settings, home, app_id, extra_env=TEST_ENV)
 
     def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "worker"],
-                                     stdout=log, stderr=subprocess.STDOUT, env=self.env(),
-                                     cwd=REPO_ROOT, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
-            text = self.log_path.read_text(errors="replace")[offset:]
-            if READY_MARK in text and "metrics on" in text:
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"worker not ready in {START_TIMEOUT_S}s:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        super().start()
+        self.wait_ready(START_TIMEOUT_S)
 
 
 def produce_events(settings: Settings, events: Iterable[SignalingEvent]) -> int:
@@ -153,5 +97,5 @@ def scores_of(messages) -> list[ScoreRecord]:
     return [ScoreRecord.decode(m.value()) for m in messages if m.value() is not None]
 
 
-__all__ = ["WorkerProcess", "TopicReader", "produce_events", "produce_raw", "decisions_of",
+__all__ = ["HarnessWorker", "TopicReader", "produce_events", "produce_raw", "decisions_of",
            "scores_of", "free_port", "DECISIONS", "SCORES", "SIGNALING_DLQ"]

@@ -1,0 +1,124 @@
+"""A real ``dialguard worker`` run as a child process, for the benchmark and the tests.
+
+One place knows how to start a worker beside a scratch broker (its own home, app id and ports,
+production defaults otherwise), how to tell it is up, and how to stop it the way an operator
+would (SIGTERM: Faust flushes state and checkpoints the model). Ports are chosen once, at
+construction, so whoever scrapes the worker knows them and a restart keeps them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from services.broker import free_ports
+from services.settings import ENV_PREFIX, REPO_ROOT, Settings
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+POLL_S = 0.3
+SCRAPE_TIMEOUT_S = 2.0
+LOG_TAIL_LINES = 40
+#: What Faust logs once partitions are assigned, and what the worker logs once it serves metrics.
+FAUST_READY_MARK = "Ready"
+METRICS_READY_MARK = "metrics on"
+
+
+def scrape(port: int) -> str | None:
+    """A worker's metrics text, or None while its endpoint is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=SCRAPE_TIMEOUT_S) as resp:
+            return resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, home: Path, app_id: str,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.home = home
+        self.app_id = app_id
+        self.extra_env = dict(extra_env or {})
+        self.web_port, self.metrics_port = free_ports(2)
+        self.log_path = home / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def env(self) -> dict[str, str]:
+        """Production defaults, except where this worker lives and listens."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update({
+            f"{ENV_PREFIX}KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            f"{ENV_PREFIX}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            f"{ENV_PREFIX}HOME": str(self.home),
+            f"{ENV_PREFIX}APP_ID": self.app_id,
+            f"{ENV_PREFIX}WORKER_WEB_PORT": str(self.web_port),
+            f"{ENV_PREFIX}METRICS_PORT": str(self.metrics_port),
+            "PYTHONPATH": str(REPO_ROOT),
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        """Launch the process and return at once (see ``wait_ready`` / ``wait_metrics``)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "worker"],
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                                         cwd=REPO_ROOT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Until this run has its partitions and serves metrics (both logged)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            text = self.log_path.read_text(errors="replace")[self._log_offset:]
+            if FAUST_READY_MARK in text and METRICS_READY_MARK in text:
+                return
+            time.sleep(POLL_S)
+        raise RuntimeError(f"worker not ready in {timeout:.0f}s:\n{self.tail()}")
+
+    def wait_metrics(self, timeout: float = READY_TIMEOUT_S) -> str:
+        """First metrics text: the worker has read its control topics and built its runtime."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            text = scrape(self.metrics_port)
+            if text is not None:
+                return text
+            time.sleep(POLL_S)
+        raise RuntimeError(f"worker metrics not up within {timeout:.0f}s:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            code = None if self.proc is None else self.proc.returncode
+            raise RuntimeError(f"worker exited ({code}):\n{self.tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM its process group (Faust flushes and checkpoints), SIGKILL if it hangs."""
+        if not self.alive():
+            return
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if not self.log_path.exists():
+            return "(no worker log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
