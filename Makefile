@@ -9,7 +9,7 @@ JARS   := .dialguard/kafka/libs/.complete
 SIMULATE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: help install jars run stop test unit integration eval bench prometheus dashboards broker-start broker-stop broker-status broker-wipe topics clean
+.PHONY: help install jars run stop test unit integration eval bench system-packages dashboards broker-start broker-stop broker-status broker-wipe topics clean
 
 help:
 	@echo "make run           start broker, topics, worker and simulator (SIMULATE=0: no simulator)"
@@ -21,6 +21,7 @@ help:
 	@echo "make dashboards    regenerate Grafana dashboards and Prometheus rules from code"
 	@echo "make broker-start | broker-stop | broker-status | broker-wipe | topics"
 	@echo "make install       virtualenv + pinned Python packages; make jars: Kafka from Maven Central"
+	@echo "make system-packages   Debian packages the tests drive (prometheus, kamailio, sipp, tshark, chromium)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -45,17 +46,18 @@ run: $(STAMP) $(JARS)
 stop: $(STAMP)
 	$(DG) stop
 
-# Prometheus/promtool (Debian package) check the dashboards and rules for real.
-prometheus:
-	sh dashboards/ensure_prometheus.sh
+# Debian packages driven for real: prometheus/promtool (rules, dashboards), kamailio and sipp
+# (switch adapter, end-to-end SIP), tshark (pcap replay), chromium + chromedriver (console).
+system-packages:
+	sh services/system/ensure_debian_packages.sh
 
-test: $(STAMP) $(JARS) prometheus
+test: $(STAMP) $(JARS) system-packages
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-unit: $(STAMP) prometheus
+unit: $(STAMP) system-packages
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP) $(JARS) prometheus
+integration: $(STAMP) $(JARS) system-packages
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 dashboards: $(STAMP)

@@ -97,6 +97,25 @@ class Settings:
     simulate_speed: float = 20.0
     simulate_history_h: float = 6.0
 
+    # --- Control API and analyst console (services/api) ------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_metrics_port: int = 9311
+    #: Where the CLI finds the control API, and the token it presents.
+    api_url: str = "http://127.0.0.1:8080"
+    api_token: str = ""
+
+    # --- Ingest: HEP/SIP, ISUP, CDR (services/ingest) --------------------------------------
+    hep_host: str = "127.0.0.1"
+    hep_port: int = 9060
+    ingest_metrics_port: int = 9313
+
+    # --- Switch adapter (services/switch_adapter) ------------------------------------------
+    kamailio_rpc_url: str = "http://127.0.0.1:5071/RPC"
+    adapter_metrics_port: int = 9312
+    #: What a blocked caller is told to do about it (SIP 603 Reason text, ISUP cause 21 notes).
+    redress_contact: str = "appeal at https://dialguard.example/appeal or call 12321"
+
     @property
     def kafka_dir(self) -> Path:
         return self.home / "kafka"

@@ -35,6 +35,17 @@ BUILTIN_ALLOW: dict[str, str] = {
 }
 
 
+#: control.policy key suffix of a policy's shadow candidate: ``default#shadow`` is evaluated by
+#: the workers beside ``default`` and its decisions go to ``decisions.shadow``, never to switches.
+SHADOW_SUFFIX = "#shadow"
+#: control.policy key of the global switches (:class:`ControlSwitches`), not a policy.
+SWITCHES_KEY = "#switches"
+
+
+def shadow_key(name: str) -> str:
+    return f"{name}{SHADOW_SUFFIX}"
+
+
 class PolicyError(ValueError):
     """A policy that must not be applied; the message names the field."""
 
@@ -81,6 +92,11 @@ class Policy:
     max_blocks_per_min: int = 50
     #: Caller prefixes that must never originate calls (unallocated ranges, inbound-only).
     do_not_originate: tuple[str, ...] = ()
+    #: Guarded rollout: once at least ``fp_min_labels`` of the numbers this version enforced
+    #: against carry a fresh label, a share above ``fp_target`` labelled legitimate rolls the
+    #: version back to the previous one (audited and alerted).
+    fp_target: float = 0.05
+    fp_min_labels: int = 10
 
     def validate(self) -> "Policy":
         if not self.name or not isinstance(self.name, str):
@@ -107,6 +123,13 @@ class Policy:
         for p in self.do_not_originate:
             if not isinstance(p, str) or not p.isdigit():
                 raise PolicyError(f"do_not_originate entry {p!r} must be digits")
+        if not isinstance(self.fp_target, (int, float)) or isinstance(self.fp_target, bool) \
+                or not math.isfinite(self.fp_target) or not 0.0 <= self.fp_target <= 1.0:
+            raise PolicyError(f"fp_target must be a number in [0, 1], got {self.fp_target!r}")
+        if not isinstance(self.fp_min_labels, int) or isinstance(self.fp_min_labels, bool) \
+                or self.fp_min_labels < 1:
+            raise PolicyError(f"fp_min_labels must be a positive integer, got "
+                              f"{self.fp_min_labels!r}")
         return self
 
     def thresholds_for(self, number: str) -> tuple[Thresholds, str]:
@@ -158,6 +181,38 @@ class Policy:
         except orjson.JSONDecodeError as exc:
             raise PolicyError(f"policy is not JSON: {exc.msg}") from None
         return cls.from_dict(obj)
+
+
+@dataclass(frozen=True)
+class ControlSwitches:
+    """Global switches every worker obeys, whatever policy it applies (key ``#switches``).
+
+    ``dry_run_all``: the kill switch. While on, every decision of every policy is published as
+    dry-run (switches ignore it); enforcement already in force runs out on its TTL.
+    """
+
+    dry_run_all: bool = False
+    author: str = "builtin"
+    reason: str = ""
+    at: float = 0.0
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "ControlSwitches":
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise PolicyError(f"switches record is not JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise PolicyError("switches record must be a JSON object")
+        unknown = set(obj) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PolicyError(f"unknown switch fields: {', '.join(sorted(unknown))}")
+        if not isinstance(obj.get("dry_run_all", False), bool):
+            raise PolicyError("dry_run_all must be true or false")
+        return cls(**obj)
 
 
 def _thresholds(obj: Any, where: str) -> Thresholds:

@@ -220,12 +220,20 @@ class ScoreRecord:
 
 @dataclass(slots=True)
 class Label:
+    """Feedback on a number. ``id`` makes intake idempotent (the same id is taken once).
+
+    Appeals carry who appeals and how to reach them (``appellant``, ``contact``): an appeal is
+    the redress channel a blocked caller is pointed to, so the answer must reach a person.
+    """
+
     number: str
     label: str
     ts: float
     id: str = ""
     source: str = ""
     note: str = ""
+    appellant: str = ""
+    contact: str = ""
 
     @property
     def target(self) -> int:
@@ -241,7 +249,8 @@ class Label:
             raise ValueError(f"not a label: {raw[:80]!r}")
         return cls(number=str(obj["number"]), label=obj["label"], ts=float(obj.get("ts", 0.0)),
                    id=str(obj.get("id", "")), source=str(obj.get("source", "")),
-                   note=str(obj.get("note", "")))
+                   note=str(obj.get("note", "")), appellant=str(obj.get("appellant", "")),
+                   contact=str(obj.get("contact", "")))
 
 
 @dataclass(slots=True)
@@ -259,6 +268,33 @@ class AllowEntry:
 
     @classmethod
     def decode(cls, raw: bytes) -> "AllowEntry":
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """One write made through the control API or CLI, on ``control.audit`` (kept forever).
+
+    ``subject`` names what changed (``policy/default``, ``allowlist/8613800138000``,
+    ``number/8613800138000``, ``switches``, ``token/alice``, ``label/<id>``); ``before`` and
+    ``after`` are the records as they were and became (None where there was or is nothing).
+    """
+
+    id: str
+    at: float
+    actor: str
+    role: str
+    action: str
+    subject: str
+    reason: str = ""
+    before: Any = None
+    after: Any = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "AuditRecord":
         return cls(**orjson.loads(raw))
 
 

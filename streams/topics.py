@@ -45,9 +45,18 @@ POLICY = TopicSpec("control.policy", 1, "compact", -1, "policy name", "Policy")
 ALLOWLIST = TopicSpec("control.allowlist", 1, "compact", -1, "number or prefix", "AllowEntry")
 FEEDBACK = TopicSpec("feedback.labels", None, "delete", 90 * DAY_MS, "number", "Label")
 SCORES = TopicSpec("scores", None, "delete", 7 * DAY_MS, "number", "ScoreRecord")
+#: Every write made through the control API or CLI (who, when, what, before/after); kept forever.
+AUDIT = TopicSpec("control.audit", 1, "delete", -1, "subject (e.g. policy/default)", "AuditRecord")
+#: Every policy version ever published, so any of them can be rolled back to (control.policy
+#: keeps only the newest per name once compacted).
+POLICY_HISTORY = TopicSpec("control.policy.history", 1, "compact", -1, "name:version", "Policy")
+#: What a policy in shadow rollout would have decided; never consumed by switches.
+SHADOW_DECISIONS = TopicSpec(
+    "decisions.shadow", None, "delete", 7 * DAY_MS, "number", "Decision (shadow policy)")
 
 CATALOG: tuple[TopicSpec, ...] = (
-    SIGNALING_EVENTS, SIGNALING_DLQ, DECISIONS, ACKS, POLICY, ALLOWLIST, FEEDBACK, SCORES)
+    SIGNALING_EVENTS, SIGNALING_DLQ, DECISIONS, ACKS, POLICY, ALLOWLIST, FEEDBACK, SCORES,
+    AUDIT, POLICY_HISTORY, SHADOW_DECISIONS)
 
 
 def by_name(name: str) -> TopicSpec:

@@ -8,7 +8,8 @@ def test_catalog_matches_design():
     names = {s.name for s in CATALOG}
     assert names == {"signaling.events", "signaling.events.dlq", "switch.control.decisions",
                      "switch.control.acks", "control.policy", "control.allowlist",
-                     "feedback.labels", "scores"}
+                     "feedback.labels", "scores", "control.audit",
+                     "control.policy.history", "decisions.shadow"}
     assert "compact" in by_name("control.policy").configs()["cleanup.policy"]
     assert "compact" in by_name("switch.control.decisions").configs()["cleanup.policy"]
 

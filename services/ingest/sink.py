@@ -1,0 +1,148 @@
+"""The one way ingest paths publish: events to ``signaling.events``, rejects to the DLQ.
+
+Why one class: every source (HEP collector, pcap replay, ISUP probe records, CDR files) must
+produce the same way (keyed by caller so the caller's owner worker sees it, acks=all and
+idempotent so a broker failover neither loses nor doubles a record, murmur2 like the Java
+client) and must account for every input record: published, dead-lettered with a reason, or
+ignored on purpose (e.g. a SIP retransmission, an OPTIONS ping). The counts feed the progress
+line, the closing summary and the ``dialguard_ingest_*`` metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter as Tally
+from typing import Any, TextIO
+
+from confluent_kafka import KafkaException, Producer
+from prometheus_client import Counter
+
+from services.settings import Settings
+from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOURCE,
+                            DLQ_HEADER_TOPIC, SignalingEvent)
+from streams.sink import producer_config
+from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
+
+log = logging.getLogger("dialguard.ingest")
+
+FLUSH_TIMEOUT_S = 30.0
+#: A progress line at most this often (wall seconds) while records flow.
+PROGRESS_EVERY_S = 5.0
+
+INGEST_EVENTS = Counter("dialguard_ingest_events_total",
+                        "Signaling events published to signaling.events by ingest",
+                        ["source", "kind"])
+INGEST_DEAD = Counter("dialguard_ingest_dead_letters_total",
+                      "Input records sent to the dead-letter topic by ingest, by reason",
+                      ["source", "reason"])
+INGEST_IGNORED = Counter("dialguard_ingest_ignored_total",
+                         "Input records that carry no call event on purpose (retransmissions, "
+                         "in-dialog requests, OPTIONS...), by why", ["source", "why"])
+INGEST_DELIVERY_FAILED = Counter("dialguard_ingest_delivery_failures_total",
+                                 "Records the broker did not acknowledge", ["source"])
+
+
+class EventSink:
+    """Publishes events and dead letters for one ingest ``source`` (e.g. ``hep``, ``cdr``).
+
+    ``progress`` (a text stream, e.g. stderr) gets a one-line status every few seconds and a
+    summary from :meth:`close`; pass None to keep quiet.
+    """
+
+    def __init__(self, settings: Settings, source: str, progress: TextIO | None = sys.stderr,
+                 producer: Any | None = None) -> None:
+        self.source = source
+        self.producer = producer if producer is not None else Producer(
+            producer_config(settings), logger=log)
+        self.progress = progress
+        self.events: Tally[str] = Tally()
+        self.dead: Tally[str] = Tally()
+        self.ignored: Tally[str] = Tally()
+        self.delivery_failures = 0
+        self.started = time.monotonic()
+        self._last_progress = self.started
+
+    # -- outputs --------------------------------------------------------------------------
+    def event(self, ev: SignalingEvent) -> None:
+        self._produce(SIGNALING_EVENTS.name, ev.key, ev.encode(), None)
+        self.events[ev.kind] += 1
+        INGEST_EVENTS.labels(self.source, ev.kind).inc()
+        self._maybe_progress()
+
+    def dead_letter(self, raw: bytes, reason: str, detail: str) -> None:
+        """The original bytes, untouched, with why they could not become an event."""
+        headers = [(DLQ_HEADER_REASON, reason.encode()), (DLQ_HEADER_DETAIL, detail.encode()),
+                   (DLQ_HEADER_SOURCE, self.source.encode()),
+                   (DLQ_HEADER_TOPIC, b"")]
+        self._produce(SIGNALING_DLQ.name, None, raw, headers)
+        self.dead[reason] += 1
+        INGEST_DEAD.labels(self.source, reason).inc()
+        log.debug("dead letter from %s: %s (%s)", self.source, reason, detail)
+        self._maybe_progress()
+
+    def ignore(self, why: str) -> None:
+        """Count an input record that carries no call event by design."""
+        self.ignored[why] += 1
+        INGEST_IGNORED.labels(self.source, why).inc()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.delivery_failures += 1
+            INGEST_DELIVERY_FAILED.labels(self.source).inc()
+            log.error("delivery to %s failed: %s", msg.topic(), err)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 headers: list[tuple[str, bytes]] | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers,
+                                      on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self.producer.poll(0.1)  # local queue full: let librdkafka drain it
+            except KafkaException as exc:
+                log.error("cannot produce to %s: %s", topic, exc)
+                raise
+        self.producer.poll(0)
+
+    def summary(self) -> str:
+        took = time.monotonic() - self.started
+        events = sum(self.events.values())
+        parts = [f"{self.source}: {events} events published "
+                 f"({', '.join(f'{k} {v}' for k, v in sorted(self.events.items())) or 'none'})",
+                 f"{sum(self.dead.values())} dead-lettered"
+                 + (f" ({', '.join(f'{k} {v}' for k, v in sorted(self.dead.items()))})"
+                    if self.dead else ""),
+                 f"{sum(self.ignored.values())} ignored"
+                 + (f" ({', '.join(f'{k} {v}' for k, v in sorted(self.ignored.items()))})"
+                    if self.ignored else ""),
+                 f"in {took:.1f} s"]
+        if self.delivery_failures:
+            parts.append(f"{self.delivery_failures} NOT DELIVERED (see log)")
+        return "; ".join(parts)
+
+    def _maybe_progress(self) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            print(f"[ingest] {self.summary()}", file=self.progress, flush=True)
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
+        """Wait for the broker's acks; returns how many records are still not acknowledged."""
+        return self.producer.flush(timeout)
+
+    def close(self) -> str:
+        """Flush and return (and print) the summary; raises if records were not delivered."""
+        left = self.flush()
+        text = self.summary()
+        if self.progress is not None:
+            print(f"[ingest] done. {text}", file=self.progress, flush=True)
+        if left or self.delivery_failures:
+            raise RuntimeError(f"{left} records not flushed and {self.delivery_failures} "
+                               f"delivery failures: {text}")
+        return text
