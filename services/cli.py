@@ -98,6 +98,10 @@ def _policy_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    return args.ingest_func(args, settings)
+
+
 def _run_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from services.runner import run_all
 
@@ -185,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--author", default="cli", help="who makes the change (audited)")
     p.add_argument("--reason", default="", help="why (audited)")
     p.set_defaults(func=_policy_cmd)
+
+    p = sub.add_parser("ingest", help="feed real signaling into signaling.events",
+                       description="Turn signaling from switches and probes (HEPv3 from "
+                                   "Kamailio/OpenSIPS siptrace, SIP pcap, ISUP probe records "
+                                   "and pcap, CDR files) into events on signaling.events; what "
+                                   "cannot be turned into an event goes to "
+                                   "signaling.events.dlq with the reason.")
+    from services.ingest.cli import add_arguments as add_ingest_arguments
+
+    add_ingest_arguments(p)
+    p.set_defaults(func=_ingest_cmd)
 
     p = sub.add_parser("run", help="start everything on the embedded default (make run)",
                        description="Install-free start of broker, topics, worker and "
