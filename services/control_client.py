@@ -89,6 +89,13 @@ def publish_policy(settings: Settings, raw: str | bytes | dict[str, Any], author
     return policy
 
 
+def publish_control_record(settings: Settings, key: str, value: bytes | None) -> None:
+    """Write one raw ``control.policy`` record: a shadow candidate (``<name>#shadow``), the
+    switches (``#switches``) or a tombstone (``None``). The caller encodes and validates it
+    (``Policy.encode``, ``ControlSwitches.encode``); versions are not assigned here."""
+    _produce(settings, POLICY.name, key.encode(), value)
+
+
 def publish_allow(settings: Settings, entry: AllowEntry) -> None:
     _produce(settings, ALLOWLIST.name, entry.number.encode(), entry.encode())
 

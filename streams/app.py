@@ -114,9 +114,12 @@ class Runtime:
         self.detector = Detector(settings, self.scorer, self.control, self.sink, TableStore())
         self.last_checkpoint = time.monotonic()
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics; policy %s v%d", settings.metrics_host,
-                 settings.metrics_port,
-                 self.control.policy.name, self.control.policy.version)
+        shadow = self.control.shadow
+        log.info("metrics on http://%s:%d/metrics; policy %s v%d; shadow %s; kill switch %s",
+                 settings.metrics_host, settings.metrics_port,
+                 self.control.policy.name, self.control.policy.version,
+                 f"v{shadow.version}" if shadow else "none",
+                 "ON" if self.control.dry_run_all else "off")
 
     def flush(self) -> None:
         for d in self.detector.flush():

@@ -5,6 +5,11 @@ behaviour, so it can be driven by a unit test with plain dicts and lists. Events
 an in-memory cache as they arrive (``ingest``); ``flush`` then scores the numbers whose counters
 moved, runs the policy, and writes each touched number's state to the store once per
 micro-batch, which is what keeps the changelog from getting one write per counter per event.
+
+Guarded rollout: when ``control.policy`` holds a shadow candidate for the worker's policy, every
+score is also run through the candidate (:class:`ShadowRun`) and what it would decide goes to
+``decisions.shadow``; the kill switch turns every decision into dry-run (see
+``streams/control.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from streams.control import ControlState
 from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCounters,
                               features)
 from streams.numbers import NumberPlan, prefix_of
-from streams.policy import ENFORCING, BlockLimiter, CurrentAction, decide
+from streams.policy import ENFORCING, BlockLimiter, CurrentAction, Policy, decide
 from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
                             SignalingEvent)
 
@@ -37,6 +42,11 @@ POOL_SWEEP_EVERY = 500
 ACTION_MEMORY = 100_000
 #: The blocks-active gauge is recounted every this many flushes.
 GAUGE_EVERY = 10
+#: Numbers whose shadow action is remembered (see :class:`ShadowRun`).
+SHADOW_MEMORY = 100_000
+#: Appended to the reasons of a decision the kill switch made dry-run.
+KILL_SWITCH_REASON = ("kill switch on (dry_run_all by {sw.author}: {sw.reason}): issued as "
+                      "dry-run")
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class Origin:
 
 class Sink(Protocol):
     def decision(self, decision: Decision) -> None: ...
+    def shadow_decision(self, decision: Decision) -> None: ...
     def score(self, record: ScoreRecord) -> None: ...
     def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None: ...
 
@@ -83,17 +94,54 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
+        self.shadow_decisions: list[Decision] = []
         self.scores: list[ScoreRecord] = []
         self.dead: list[tuple[bytes, str, str, Origin]] = []
 
     def decision(self, decision: Decision) -> None:
         self.decisions.append(decision)
 
+    def shadow_decision(self, decision: Decision) -> None:
+        self.shadow_decisions.append(decision)
+
     def score(self, record: ScoreRecord) -> None:
         self.scores.append(record)
 
     def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None:
         self.dead.append((raw, reason, detail, origin))
+
+
+class ShadowRun:
+    """What one shadow candidate decided so far: its own limiter and per-number actions.
+
+    Why in memory only, not in the number's persisted state: a shadow is a short trial whose
+    decisions nobody enforces. Persisting its actions would grow every number's changelog
+    record for an experiment and outlive it; losing them on a restart or rebalance only means
+    the candidate re-issues a decision on ``decisions.shadow`` (a duplicate for whoever compares
+    it), never a change on the network. The memory is bounded (oldest numbers forgotten) and
+    starts empty for each new candidate version, so two candidates are never mixed.
+    """
+
+    def __init__(self, policy: Policy, capacity: int = SHADOW_MEMORY) -> None:
+        self.name = policy.name
+        self.version = policy.version
+        self.capacity = capacity
+        self.limiter = BlockLimiter()
+        self.actions: OrderedDict[str, CurrentAction] = OrderedDict()
+
+    def is_for(self, policy: Policy) -> bool:
+        return policy.name == self.name and policy.version == self.version
+
+    def current(self, number: str) -> CurrentAction:
+        return self.actions.get(number) or CurrentAction()
+
+    def remember(self, decision: Decision) -> None:
+        self.actions[decision.number] = CurrentAction(
+            decision.action, decision.trigger_ts + decision.ttl_s, decision.score,
+            decision.dry_run)
+        self.actions.move_to_end(decision.number)
+        if len(self.actions) > self.capacity:
+            self.actions.popitem(last=False)
 
 
 class Detector:
@@ -119,6 +167,7 @@ class Detector:
         self.trunk_pools: dict[str, PoolCounters] = {}
         self.last_features: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.limiter = BlockLimiter()
+        self.shadow_run: ShadowRun | None = None
         self.pending = 0
         self.decisions: list[Decision] = []
         self.flushes = 0
@@ -244,14 +293,20 @@ class Detector:
         decided_at = self.clock()
         decision, held = decide(policy, self.control.allowlist, self.limiter, number,
                                 parts.score, feats, current, state.hwm_ts, decided_at)
+        shadow = self.control.shadow
+        shadow_held = None if shadow is None else self._shadow(
+            shadow, number, parts.score, feats, state.hwm_ts, decided_at)
         self.sink.score(ScoreRecord(
             number=number, ts=state.hwm_ts, score=round(parts.score, 4),
             anomaly=round(parts.anomaly, 4), prior=round(parts.prior, 4),
             classifier=None if parts.classifier is None else round(parts.classifier, 4),
             features={k: round(v, 4) for k, v in feats.items()}, action=held,
-            policy=policy.name, policy_version=policy.version))
+            policy=policy.name, policy_version=policy.version,
+            shadow_action=shadow_held, shadow_version=None if shadow is None else shadow.version))
         if decision is None:
             return None
+        if decision.dry_run and self.control.dry_run_all:
+            decision.reasons.append(KILL_SWITCH_REASON.format(sw=self.control.switches))
         if decision.dry_run and not policy.dry_run:
             metrics.LIMITER_TRIPS.inc()
         if decision.action in ENFORCING and not decision.dry_run:
@@ -271,6 +326,31 @@ class Detector:
         metrics.DETECTION_LAG.observe(max(decided_at - decision.trigger_ts, 0.0))
         self.sink.decision(decision)
         return decision
+
+    def _shadow(self, shadow: Policy, number: str, score: float, feats: dict[str, float],
+                trigger_ts: float, decided_at: float) -> str | None:
+        """Run the shadow candidate on the score the live policy just saw; publish what it
+        would decide to ``decisions.shadow``. Returns the candidate's action in force.
+
+        Same score, features and allowlist as the live path, but the candidate's own limiter
+        and memory: nothing here touches the number's state, the live limiter or the live
+        metrics, so a candidate cannot change what the network sees. For the same reason it
+        runs on the live policy's scoring cadence: a do-not-originate range only the candidate
+        has is judged when the number is next scored, not on its first attempt.
+        """
+        run = self.shadow_run
+        if run is None or not run.is_for(shadow):
+            run = self.shadow_run = ShadowRun(shadow)
+        decision, held = decide(shadow, self.control.allowlist, run.limiter, number, score,
+                                feats, run.current(number), trigger_ts, decided_at)
+        if decision is None:
+            return held
+        if decision.dry_run and self.control.dry_run_all:
+            decision.reasons.append(KILL_SWITCH_REASON.format(sw=self.control.switches))
+        run.remember(decision)
+        metrics.SHADOW_DECISIONS.labels(decision.action, decision.policy).inc()
+        self.sink.shadow_decision(decision)
+        return held
 
     def _remember_features(self, number: str, feats: dict[str, float]) -> None:
         self.last_features[number] = feats

@@ -47,6 +47,15 @@ MODEL_LOG_LOSS = Gauge("dialguard_model_log_loss",
                        "Rolling log loss of the supervised model on the latest labels")
 MODEL_DRIFT = Counter("dialguard_model_drift_alarms_total",
                       "ADWIN drift alarms on the stream of scores")
+DRY_RUN_ALL = Gauge("dialguard_dry_run_all",
+                    "1 while the kill switch (control.policy #switches dry_run_all) turns every "
+                    "decision into dry-run, else 0")
+SHADOW_POLICY_VERSION = Gauge("dialguard_shadow_policy_version",
+                              "Version of the shadow candidate evaluated beside the policy in "
+                              "force (0: none)", ["policy"])
+SHADOW_DECISIONS = Counter("dialguard_shadow_decisions_total",
+                           "Decisions a shadow candidate would have made, published to "
+                           "decisions.shadow (never to switches)", ["action", "policy"])
 CONSUMER_LAG = Gauge("dialguard_consumer_lag_messages",
                      "Messages of signaling.events not yet processed, per partition",
                      ["partition"])
@@ -74,3 +83,12 @@ def init_policy_series(policy: str) -> None:
     for action in THRESHOLD_ACTIONS:
         for dry_run in DRY_RUN_LABELS:
             DECISIONS.labels(action, policy, dry_run)
+    init_shadow_series(policy)
+
+
+def init_shadow_series(policy: str) -> None:
+    """Shadow series of a policy at 0 (creating a gauge child never resets its value), so the
+    policy board compares shadow and live decisions from the first shadow decision on."""
+    SHADOW_POLICY_VERSION.labels(policy)
+    for action in THRESHOLD_ACTIONS:
+        SHADOW_DECISIONS.labels(action, policy)

@@ -209,6 +209,11 @@ class ScoreRecord:
     action: str | None
     policy: str
     policy_version: int
+    #: Guarded rollout (optional, v1 records without them stay valid): the action in force
+    #: for this number under the shadow candidate of ``policy`` and that candidate's version;
+    #: None when no shadow was evaluated.
+    shadow_action: str | None = None
+    shadow_version: int | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))

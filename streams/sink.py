@@ -1,4 +1,5 @@
-"""Publishes the worker's outputs (decisions, score records, dead letters) with confluent-kafka.
+"""Publishes the worker's outputs (decisions, shadow decisions, score records, dead letters)
+with confluent-kafka.
 
 librdkafka batches and retries in its own threads, so producing from the event loop costs a
 dictionary copy, not a round trip; the worker calls ``poll(0)`` once per micro-batch to serve
@@ -17,7 +18,7 @@ from streams.detector import Origin
 from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION,
                             DLQ_HEADER_REASON, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
                             ScoreRecord)
-from streams.topics import DECISIONS, SCORES, SIGNALING_DLQ
+from streams.topics import DECISIONS, SCORES, SHADOW_DECISIONS, SIGNALING_DLQ
 
 log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_S = 30.0
@@ -55,6 +56,10 @@ class KafkaSink:
 
     def decision(self, decision: Decision) -> None:
         self._produce(DECISIONS.name, decision.number.encode(), decision.encode())
+
+    def shadow_decision(self, decision: Decision) -> None:
+        """What a shadow candidate would decide: its own topic, so no switch can act on it."""
+        self._produce(SHADOW_DECISIONS.name, decision.number.encode(), decision.encode())
 
     def score(self, record: ScoreRecord) -> None:
         self._produce(SCORES.name, record.number.encode(), record.encode())

@@ -175,3 +175,107 @@ def test_do_not_originate_caller_blocked_on_first_attempt():
     decisions = feed(det, call("86400123456", "8613900000001", T0, answered=False))
     assert [(d.number, d.action) for d in decisions] == [("86400123456", "block")]
     assert "do-not-originate" in decisions[0].reasons[0]
+
+
+# -- guarded rollout: shadow candidate and kill switch ---------------------------------------------
+from prometheus_client import REGISTRY  # noqa: E402
+
+from streams.policy import ControlSwitches, Thresholds, shadow_key  # noqa: E402
+
+#: A live policy that never reaches block on a robot's score (~0.95), so only a shadow can.
+TIMID = Policy(version=1, thresholds=Thresholds(label=0.97, rate_limit=0.98, block=0.99))
+
+
+def sample(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def with_shadow(live=TIMID, candidate=None):
+    det, sink, control = make(policy=live)
+    control.apply_policy(shadow_key("default"),
+                         (candidate or Policy(version=live.version + 1)).encode())
+    return det, sink, control
+
+
+def test_shadow_decisions_are_recorded_apart_and_never_published_as_live():
+    before = sample("dialguard_shadow_decisions_total", action="block", policy="default")
+    det, sink, control = with_shadow()
+    decisions = feed(det, robot_burst())
+    assert not [d for d in decisions if d.action == "block"]
+    assert not [d for d in sink.decisions if d.action == "block" or d.policy_version == 2]
+    shadow_blocks = [d for d in sink.shadow_decisions if d.action == "block"]
+    assert shadow_blocks and {d.policy_version for d in sink.shadow_decisions} == {2}
+    assert all(not d.dry_run and d.number == ROBOT for d in shadow_blocks)
+    assert sample("dialguard_shadow_decisions_total", action="block",
+                  policy="default") == before + len(shadow_blocks)
+    assert sample("dialguard_shadow_policy_version", policy="default") == 2
+    blocked_at = shadow_blocks[0].trigger_ts
+    after = [s for s in sink.scores if s.ts >= blocked_at]
+    assert after and all(s.shadow_action == "block" and s.shadow_version == 2 for s in after)
+    assert all(s.action != "block" for s in sink.scores)
+
+
+def test_a_shadow_does_not_change_what_the_live_policy_decides():
+    evs = ordered(robot_burst() + call_center())
+    plain, plain_sink, _ = make(policy=Policy(version=1))
+    live = [(d.number, d.action, d.trigger_ts, d.dry_run) for d in feed(plain, evs)]
+    # a stricter candidate with a tiny limiter: it must not spend the live limiter's budget
+    shadowed, sink, _ = with_shadow(live=Policy(version=1), candidate=Policy(
+        version=2, thresholds=Thresholds(0.2, 0.3, 0.4), max_blocks_per_min=1))
+    assert [(d.number, d.action, d.trigger_ts, d.dry_run) for d in feed(shadowed, evs)] == live
+    assert [s.action for s in sink.scores] == [s.action for s in plain_sink.scores]
+    assert sink.shadow_decisions and all(s.shadow_version == 2 for s in sink.scores)
+    assert all(s.shadow_action is None for s in plain_sink.scores)
+
+
+def test_tombstone_removes_the_shadow():
+    det, sink, control = with_shadow()
+    feed(det, robot_burst(n=60))
+    assert sink.shadow_decisions
+    control.apply_policy(shadow_key("default"), None)
+    assert control.shadow is None
+    assert sample("dialguard_shadow_policy_version", policy="default") == 0
+    seen = len(sink.shadow_decisions)
+    feed(det, robot_burst(n=90, start=T0 + 400, seed=5))
+    assert len(sink.shadow_decisions) == seen
+    assert sink.scores[-1].shadow_action is None and sink.scores[-1].shadow_version is None
+
+
+def test_a_new_candidate_version_starts_with_an_empty_memory():
+    det, sink, control = with_shadow()
+    feed(det, robot_burst(n=60))
+    first = [d for d in sink.shadow_decisions if d.action == "block"]
+    assert first
+    control.apply_policy(shadow_key("default"), Policy(version=3).encode())
+    feed(det, robot_burst(n=10, start=T0 + 400, seed=6))
+    # v2's fresh block would have suppressed a repeat; v3 decides on its own
+    assert [d.policy_version for d in sink.shadow_decisions if d.action == "block"][-1] == 3
+
+
+def test_kill_switch_makes_every_live_decision_dry_run_and_lifting_it_reissues_for_real():
+    det, sink, control = make(policy=Policy(version=1))
+    trips = sample("dialguard_block_limiter_trips_total")
+    control.apply_policy("#switches", ControlSwitches(
+        dry_run_all=True, author="noc", reason="suspected model fault").encode())
+    assert sample("dialguard_dry_run_all") == 1
+    under_switch = feed(det, robot_burst())
+    assert under_switch and all(d.dry_run for d in under_switch)
+    assert any(d.action == "block" for d in under_switch)
+    assert all("kill switch on (dry_run_all by noc: suspected model fault)" in d.reasons[-1]
+               for d in under_switch)
+    assert sample("dialguard_block_limiter_trips_total") == trips  # not the limiter's doing
+    control.apply_policy("#switches", ControlSwitches(dry_run_all=False).encode())
+    assert sample("dialguard_dry_run_all") == 0
+    # the dry-run block is still fresh, yet the next score re-issues it for real
+    lifted = feed(det, robot_burst(n=10, start=T0 + 901, seed=3))
+    assert lifted and lifted[0].action == "block" and not lifted[0].dry_run
+    assert all("kill switch" not in r for r in lifted[0].reasons)
+
+
+def test_kill_switch_applies_to_the_shadow_too():
+    det, sink, control = with_shadow()
+    control.apply_policy("#switches", ControlSwitches(dry_run_all=True).encode())
+    feed(det, robot_burst())
+    assert sink.shadow_decisions and all(d.dry_run for d in sink.shadow_decisions)
+    control.apply_policy("#switches", None)  # tombstone: switches back to their defaults
+    assert not control.dry_run_all and not control.policy.dry_run

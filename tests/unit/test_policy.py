@@ -104,3 +104,102 @@ def test_policy_wire_roundtrip_and_validation():
         Policy.decode(b"{nope")
     assert orjson.loads(p.encode())["thresholds"] == {"label": 0.4, "rate_limit": 0.6,
                                                       "block": 0.9}
+
+
+# -- control.policy records as the worker applies them (streams/control.py) ------------------------
+from dataclasses import dataclass  # noqa: E402
+
+from prometheus_client import REGISTRY  # noqa: E402
+
+from services.settings import Settings  # noqa: E402
+from streams.control import ControlFeed, ControlState  # noqa: E402
+from streams.policy import ControlSwitches, shadow_key  # noqa: E402
+from streams.topics import POLICY  # noqa: E402
+
+
+@dataclass
+class Record:
+    """The parts of a confluent-kafka Message the control feed reads."""
+
+    key_: str
+    value_: bytes | None
+    topic_: str = POLICY.name
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return self.topic_
+
+    def key(self):
+        return self.key_.encode()
+
+    def value(self):
+        return self.value_
+
+
+def control_records(outcome):
+    return REGISTRY.get_sample_value("dialguard_control_records_total",
+                                     {"topic": POLICY.name, "outcome": outcome}) or 0.0
+
+
+def test_effective_policy_is_recomputed_on_change_not_per_read():
+    state = ControlState()
+    state.apply_policy("default", Policy(version=3).encode())
+    first = state.policy
+    assert state.policy is first and not first.dry_run
+    state.apply_policy("#switches", ControlSwitches(dry_run_all=True).encode())
+    switched = state.policy
+    assert switched is not first and switched.dry_run and switched.version == 3
+    assert state.policy is switched
+    assert not state.live_policy.dry_run  # the published policy itself is untouched
+    state.apply_policy("#switches", ControlSwitches(dry_run_all=False).encode())
+    assert not state.policy.dry_run
+
+
+def test_shadow_records_and_their_checks():
+    state = ControlState()
+    state.apply_policy("default", Policy(version=3).encode())
+    assert state.shadow is None
+    state.apply_policy(shadow_key("default"), Policy(version=4, dry_run=False).encode())
+    assert state.shadow.version == 4 and state.policy.version == 3
+    with pytest.raises(PolicyError, match="live policy's name"):
+        state.apply_policy(shadow_key("default"), Policy(name="other", version=5).encode())
+    assert state.shadow.version == 4  # a rejected record changes nothing
+    # promoted: the live key now carries v4, the tombstone is still on its way
+    state.apply_policy("default", Policy(version=4).encode())
+    assert state.shadow is None
+    state.apply_policy(shadow_key("other"), Policy(name="other", version=2).encode())
+    assert state.shadow is None  # another policy's candidate is not this worker's
+
+
+def test_bad_control_records_are_counted_and_the_feed_carries_on():
+    state = ControlState()
+    feed = ControlFeed(Settings.from_env({}), state)
+    rejected, applied = control_records("rejected"), control_records("applied")
+    feed._handle(Record("#switches", b'{"dry_run_all": "yes"}'))
+    feed._handle(Record("#switches", b'not json'))
+    feed._handle(Record(shadow_key("default"), b'{"name": "default", "colour": 1}'))
+    feed._handle(Record("default", Policy(name="other").encode()))
+    assert control_records("rejected") == rejected + 4
+    feed._handle(Record(shadow_key("default"), Policy(version=2).encode()))
+    feed._handle(Record("#switches", ControlSwitches(dry_run_all=True).encode()))
+    assert control_records("applied") == applied + 2
+    assert state.shadow.version == 2 and state.policy.dry_run
+
+
+def test_shadow_gauge_shows_the_candidate_evaluated():
+    def gauge():
+        return REGISTRY.get_sample_value("dialguard_shadow_policy_version",
+                                         {"policy": "gauged"})
+
+    state = ControlState("gauged")
+    state.apply_policy("gauged", Policy(name="gauged", version=2).encode())
+    assert gauge() == 0
+    state.apply_policy(shadow_key("gauged"), Policy(name="gauged", version=3).encode())
+    assert gauge() == 3
+    state.apply_policy("gauged", Policy(name="gauged", version=3).encode())  # promoted
+    assert gauge() == 0 and state.shadow is None
+    state.apply_policy(shadow_key("gauged"), Policy(name="gauged", version=4).encode())
+    state.apply_policy(shadow_key("gauged"), None)
+    assert gauge() == 0
