@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, Iterable
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from services.settings import Settings
@@ -25,6 +25,15 @@ DEFAULT_ENSURE_TIMEOUT_S = 30.0
 POLL_S = 0.5
 #: One metadata request while waiting; short so the overall deadline is honoured.
 PROBE_TIMEOUT_S = 2.0
+
+
+#: How long :func:`watermarks` keeps asking while a partition's leadership settles.
+WATERMARK_TIMEOUT_S = 15.0
+#: Offset-query errors of a partition whose leader is being elected or has just moved.
+_LEADERSHIP_ERRORS = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION,
+                                KafkaError.LEADER_NOT_AVAILABLE,
+                                KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT,
+                                KafkaError.REQUEST_TIMED_OUT})
 
 
 class BrokerUnavailable(RuntimeError):
@@ -92,6 +101,33 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] = CATALOG,
     _wait_for_leaders(admin, {t.topic: t.num_partitions for t in wanted}, timeout)
     log.info("created topics on %s: %s", settings.kafka_bootstrap, ", ".join(sorted(created)))
     return created
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition,
+               timeout: float = WATERMARK_TIMEOUT_S) -> tuple[int, int]:
+    """Low and high watermark of ``tp``, asked of the partition's leader (not cached).
+
+    Why not ``get_watermark_offsets`` alone: right after a topic is created or a broker
+    (re)starts, metadata may already name a leader that still answers NOT_LEADER_FOR_PARTITION
+    for a moment; a control feed or ``make run`` must wait that out rather than die of it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            marks = consumer.get_watermark_offsets(tp, timeout=PROBE_TIMEOUT_S, cached=False)
+            if marks is not None:
+                return marks
+            error = f"no answer within {PROBE_TIMEOUT_S:.0f}s"
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() not in _LEADERSHIP_ERRORS and not err.retriable():
+                raise
+            error = err.str()
+        if time.monotonic() >= deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                            f"watermarks of {tp.topic}[{tp.partition}] not "
+                                            f"known after {timeout:.0f}s: {error}"))
+        time.sleep(POLL_S / 2)
 
 
 def _report_partition_mismatches(settings: Settings, specs: list[TopicSpec],

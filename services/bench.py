@@ -48,6 +48,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 
 from services.broker import free_ports
+from services.admin import watermarks
 from services.settings import REPO_ROOT, Settings
 from services.worker_process import WorkerProcess, scrape
 from services.simulator import MOBILE_PREFIXES, Scenario, Simulation, Subscribers
@@ -827,7 +828,7 @@ def decision_consumer(settings: Settings) -> Any:
                          "enable.auto.commit": False})
     parts = all_partitions(consumer, DECISIONS.name)
     for tp in parts:
-        tp.offset = consumer.get_watermark_offsets(tp, timeout=METRICS_TIMEOUT_S * 5)[1]
+        tp.offset = watermarks(consumer, tp)[1]
     consumer.assign(parts)
     return consumer
 

@@ -9,7 +9,6 @@ construction, so whoever scrapes the worker knows them and a restart keeps them.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,13 +17,13 @@ import urllib.request
 from pathlib import Path
 
 from services.broker import free_ports
+from services.child_process import LOG_TAIL_LINES, log_tail, stop_group
 from services.settings import ENV_PREFIX, REPO_ROOT, Settings
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.3
 SCRAPE_TIMEOUT_S = 2.0
-LOG_TAIL_LINES = 40
 #: What Faust logs once partitions are assigned, and what the worker logs once it serves metrics.
 FAUST_READY_MARK = "Ready"
 METRICS_READY_MARK = "metrics on"
@@ -108,17 +107,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """SIGTERM its process group (Faust flushes and checkpoints), SIGKILL if it hangs."""
-        if not self.alive():
-            return
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc, STOP_TIMEOUT_S)
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        if not self.log_path.exists():
-            return "(no worker log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)

@@ -22,6 +22,7 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from services.admin import watermarks
 from services.settings import Settings
 from streams import metrics
 from streams.policy import (SHADOW_SUFFIX, SWITCHES_KEY, AllowList, ControlSwitches, Policy,
@@ -232,7 +233,7 @@ class ControlFeed(threading.Thread):
     def _at_end(consumer: Consumer, parts: list[TopicPartition]) -> bool:
         positions = consumer.position(parts)
         for tp in positions:
-            low, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            low, high = watermarks(consumer, tp)
             if tp.offset < 0 and high > low:
                 return False
             if tp.offset >= 0 and tp.offset < high:

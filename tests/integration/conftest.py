@@ -57,3 +57,18 @@ def spare_broker(tmp_path: Path) -> Iterator[tuple[Settings, EmbeddedBroker]]:
         yield settings, broker
     finally:
         broker.wipe()
+
+
+@pytest.fixture(scope="module")
+def model_broker_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A broker of the test module's own, for tests whose assertions depend on the scores the
+    online model gives. A worker reads ``signaling.events`` from the beginning, and the
+    session broker holds every earlier test's robots: after hundreds of them a robot no longer
+    looks anomalous, so scores (and what they cross) would depend on which tests ran first."""
+    settings, broker = make_broker(tmp_path_factory.mktemp("model-kafka-home"))
+    try:
+        broker.start()
+        ensure_topics(settings)
+        yield settings
+    finally:
+        broker.wipe()
