@@ -85,21 +85,14 @@ def _watch_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return watch(settings, from_beginning=args.from_beginning, limit=args.limit)
 
 
-def _policy_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from services.control_client import publish_policy, read_policies
-
-    if args.action == "show":
-        for policy in read_policies(settings).values():
-            print(policy.encode().decode())
-        return 0
-    raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
-    policy = publish_policy(settings, raw, author=args.author, reason=args.reason)
-    print(f"published policy {policy.name} v{policy.version}")
-    return 0
-
-
 def _ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return args.ingest_func(args, settings)
+
+
+def _switch_adapter_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from services.switch_adapter import run
+
+    return run(args, settings)
 
 
 def _run_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -181,14 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="stop after this many (0 = never)")
     p.set_defaults(func=_watch_cmd)
 
-    p = sub.add_parser("policy", help="show or publish detection policies",
-                       description="Policies live in the compacted control.policy topic; "
-                                   "workers apply a new version within a second.")
-    p.add_argument("action", choices=["show", "set"])
-    p.add_argument("file", nargs="?", default="-", help="policy JSON for 'set' (- = stdin)")
-    p.add_argument("--author", default="cli", help="who makes the change (audited)")
-    p.add_argument("--reason", default="", help="why (audited)")
-    p.set_defaults(func=_policy_cmd)
+    # Control plane: `api` serves it; policy, allow, feedback, ... are its HTTP clients.
+    from services.control_cli import register as register_control
+
+    register_control(sub)
 
     p = sub.add_parser("ingest", help="feed real signaling into signaling.events",
                        description="Turn signaling from switches and probes (HEPv3 from "
@@ -201,9 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_ingest_arguments(p)
     p.set_defaults(func=_ingest_cmd)
 
+    p = sub.add_parser("switch-adapter", help="apply decisions to a Kamailio switch, ack them",
+                       description="Consume switch.control.decisions and apply them to "
+                                   "Kamailio's htables over JSON-RPC (DIALGUARD_KAMAILIO_RPC_URL): "
+                                   "block -> htable 'blocked' with the remaining TTL as expiry, "
+                                   "rate_limit -> htable 'ratelimit', unblock -> both removed; "
+                                   "labels and dry runs are never applied. On start it rebuilds "
+                                   "the switch's entries from the compacted topic. Publishes an "
+                                   "ack per decision to switch.control.acks; metrics on "
+                                   "DIALGUARD_ADAPTER_METRICS_PORT. One per switch "
+                                   "(DIALGUARD_SWITCH_NAME); see README 'The Kamailio switch'.")
+    from services.switch_adapter import add_arguments as add_adapter_arguments
+
+    add_adapter_arguments(p)
+    p.set_defaults(func=_switch_adapter_cmd)
+
     p = sub.add_parser("run", help="start everything on the embedded default (make run)",
-                       description="Install-free start of broker, topics, worker and "
-                                   "simulator; prints decisions; Ctrl-C stops what it started.")
+                       description="Start what is not running: broker, topics, default "
+                                   "policy, worker, control API and analyst console, HEPv3 "
+                                   "collector, Kamailio with the switch adapter (log-only "
+                                   "when Kamailio cannot start, and it says so) and the "
+                                   "simulator. Prints decisions as they are published; "
+                                   "Ctrl-C or SIGTERM stops exactly what it started. Child "
+                                   "logs and pids are in DIALGUARD_HOME/run/.")
     p.add_argument("--no-simulate", dest="simulate", action="store_false",
                    help="start everything but the simulator (real traffic from others)")
     p.add_argument("--seed", type=int, default=7, help="simulator seed")

@@ -13,11 +13,12 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from services.admin import watermarks
 from services.settings import Settings
-from streams.policy import Policy, PolicyError
-from streams.schema import AllowEntry, Label
+from streams.policy import Policy, PolicyError, shadow_key
+from streams.schema import AllowEntry, AuditRecord, Label
 from streams.sink import producer_config
-from streams.topics import ALLOWLIST, FEEDBACK, POLICY
+from streams.topics import ALLOWLIST, AUDIT, FEEDBACK, POLICY, POLICY_HISTORY
 
 READ_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 15.0
@@ -33,7 +34,7 @@ def _read_compacted(settings: Settings, topic: str) -> dict[str, bytes | None]:
     try:
         md = consumer.list_topics(topic, timeout=READ_TIMEOUT_S).topics[topic]
         parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions]
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=READ_TIMEOUT_S)[1]
+        ends = {p.partition: watermarks(consumer, p)[1]
                 for p in parts}
         consumer.assign(parts)
         latest: dict[str, bytes | None] = {}
@@ -52,8 +53,9 @@ def _read_compacted(settings: Settings, topic: str) -> dict[str, bytes | None]:
 
 
 def read_policies(settings: Settings) -> dict[str, Policy]:
+    """Live policies by name (shadow candidates and the switches record are not policies)."""
     return {k: Policy.decode(v) for k, v in _read_compacted(settings, POLICY.name).items()
-            if v is not None}
+            if v is not None and "#" not in k}
 
 
 def _produce(settings: Settings, topic: str, key: bytes, value: bytes | None) -> None:
@@ -81,12 +83,31 @@ def publish_policy(settings: Settings, raw: str | bytes | dict[str, Any], author
     if not isinstance(obj, dict):
         raise PolicyError("a policy must be a JSON object")
     name = obj.get("name", settings.policy_name)
-    current = read_policies(settings).get(name)
-    obj.update(name=name, version=(current.version + 1) if current else 1, author=author,
+    obj.update(name=name, version=next_version(settings, name), author=author,
                reason=reason or obj.get("reason", ""))
     policy = Policy.from_dict(obj)
+    before = read_policies(settings).get(name)
     _produce(settings, POLICY.name, name.encode(), policy.encode())
+    # Like the control API: every version is kept for rollback, and every write is audited.
+    _produce(settings, POLICY_HISTORY.name, f"{name}:{policy.version}".encode(), policy.encode())
+    audit = AuditRecord(id=uuid.uuid4().hex, at=time.time(), actor=author, role="direct",
+                        action="policy.live", subject=f"policy/{name}", reason=policy.reason,
+                        before=before.to_dict() if before else None, after=policy.to_dict())
+    _produce(settings, AUDIT.name, audit.subject.encode(), audit.encode())
     return policy
+
+
+def next_version(settings: Settings, name: str) -> int:
+    """One more than any version of ``name`` live, in shadow or in the history."""
+    versions = [0]
+    for key, raw in _read_compacted(settings, POLICY.name).items():
+        if raw is not None and key in (name, shadow_key(name)):
+            versions.append(Policy.decode(raw).version)
+    for key in _read_compacted(settings, POLICY_HISTORY.name):
+        prefix, _, version = key.rpartition(":")
+        if prefix == name and version.isdigit():
+            versions.append(int(version))
+    return max(versions) + 1
 
 
 def publish_control_record(settings: Settings, key: str, value: bytes | None) -> None:

@@ -104,17 +104,67 @@ class Settings:
     #: Where the CLI finds the control API, and the token it presents.
     api_url: str = "http://127.0.0.1:8080"
     api_token: str = ""
+    #: Hashed API tokens (JSON, mode 0600); empty: ``<home>/api/tokens.json``.
+    api_tokens_file: str = ""
+    #: Read-only extra tokens, ``name:role:sha256hex,...`` (e.g. from a secret store).
+    api_tokens: str = ""
+    #: Largest request body accepted; the bulk feedback route has its own, larger, limit.
+    api_max_body_bytes: int = 256 * 1024
+    api_max_bulk_bytes: int = 16 * 1024 * 1024
+    #: What-if replays the latest score of every number published within this many seconds.
+    api_whatif_window_s: float = 3600.0
+    #: How often the guard compares live versions' false-positive rate with their target.
+    api_guard_interval_s: float = 30.0
+    #: How long an upheld appeal allowlists the number unless the analyst says otherwise.
+    api_appeal_allow_s: int = 30 * 86_400
+    #: Numbers whose latest score / decisions / labels the API keeps in memory (oldest go).
+    api_view_max_numbers: int = 200_000
 
     # --- Ingest: HEP/SIP, ISUP, CDR (services/ingest) --------------------------------------
     hep_host: str = "127.0.0.1"
     hep_port: int = 9060
     ingest_metrics_port: int = 9313
+    #: ISUP calls in progress remembered at once by one ingest run (per (OPC, DPC, CIC)
+    #: circuit); past it the least recently active call is forgotten and counted.
+    isup_max_calls: int = 100_000
+    #: An ISUP call neither answered nor released this long (event time) after its IAM is
+    #: forgotten (its REL was not captured); answered calls get ``max_duration_s``.
+    isup_setup_timeout_s: float = 300.0
+    #: SIP dialogs (HEP collector, SIP pcap replay) followed at once, by Call-ID; past it the
+    #: least recently active one is forgotten without an event and counted.
+    sip_max_dialogs: int = 100_000
+    #: An INVITE neither answered nor failed this long (event time) is forgotten without an
+    #: event (its final response was not captured); answered calls get ``max_duration_s``.
+    sip_setup_timeout_s: float = 300.0
+    #: ``switch`` stamped on SIP events; empty = ``hep-<capture agent id>`` for HEP input and
+    #: the capture file's name for pcap replay.
+    sip_switch: str = ""
 
     # --- Switch adapter (services/switch_adapter) ------------------------------------------
     kamailio_rpc_url: str = "http://127.0.0.1:5071/RPC"
     adapter_metrics_port: int = 9312
     #: What a blocked caller is told to do about it (SIP 603 Reason text, ISUP cause 21 notes).
     redress_contact: str = "appeal at https://dialguard.example/appeal or call 12321"
+    #: Name of the switch this adapter drives: its consumer group is ``dialguard-switch-<name>``
+    #: and every ack says which switch applied (or failed to apply) a decision.
+    switch_name: str = "kamailio-1"
+    #: Kamailio htables (services/kamailio/dialguard.cfg) of blocked and rate-limited callers.
+    adapter_htable_blocked: str = "blocked"
+    adapter_htable_ratelimit: str = "ratelimit"
+    #: INVITEs per rate window (RATE_WINDOW_S in dialguard.cfg, 60 s) a rate-limited caller keeps.
+    adapter_rate_limit_calls: int = 6
+    #: One JSON-RPC call to Kamailio may take this long.
+    adapter_rpc_timeout_s: float = 2.0
+    #: Retries of one decision: backoff doubles from ``initial`` up to ``max`` seconds, for
+    #: ``attempts`` tries; then the decision is acked "failed" and kept pending, retried every
+    #: ``pending_retry_s`` until Kamailio takes it (or a newer decision replaces it).
+    adapter_retry_attempts: int = 5
+    adapter_retry_initial_s: float = 0.2
+    adapter_retry_max_s: float = 5.0
+    adapter_pending_retry_s: float = 10.0
+    #: Kamailio for ``make run`` / tests (services/kamailio_process.py): SIP port and next hop.
+    kamailio_sip_port: int = 5060
+    kamailio_dest_uri: str = "sip:127.0.0.1:5080"
 
     @property
     def kafka_dir(self) -> Path:
@@ -127,6 +177,11 @@ class Settings:
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
+
+    @property
+    def api_tokens_path(self) -> Path:
+        return Path(self.api_tokens_file).expanduser() if self.api_tokens_file \
+            else self.home / "api" / "tokens.json"
 
     @property
     def worker_dir(self) -> Path:

@@ -303,13 +303,37 @@ class AuditRecord:
         return cls(**orjson.loads(raw))
 
 
+#: Ack statuses: the switch enforces the decision now; it could not (yet: the adapter keeps
+#: retrying); it deliberately did nothing (dry run, label, older than what it applied).
+ACK_STATUSES: tuple[str, ...] = ("applied", "failed", "skipped")
+
+
 @dataclass(slots=True)
 class Ack:
+    """A switch adapter's answer to one decision, on ``switch.control.acks`` (key: number).
+
+    ``latency_s`` is ``applied_at - decided_at`` (the worker stamps ``decided_at`` as it
+    publishes). ``decided_at`` and ``trigger_ts`` identify the decision's version; ``attempts``
+    counts JSON-RPC tries; ``expires_at`` is when the switch entry lapses (0: no entry).
+    """
+
     number: str
     action: str
-    status: Literal["applied", "failed"]
+    status: Literal["applied", "failed", "skipped"]
     latency_s: float
     detail: str = ""
+    switch: str = ""
+    decided_at: float = 0.0
+    trigger_ts: float = 0.0
+    applied_at: float = 0.0
+    attempts: int = 0
+    expires_at: float = 0.0
+    policy: str = ""
+    policy_version: int = 0
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Ack":
+        return cls(**orjson.loads(raw))

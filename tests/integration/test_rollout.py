@@ -82,25 +82,25 @@ def has_block(decisions: list[Decision]) -> bool:
 
 
 @pytest.fixture
-def worker(broker_settings, tmp_path):
-    w = HarnessWorker(broker_settings, tmp_path / "worker",
+def worker(model_broker_settings, tmp_path):
+    w = HarnessWorker(model_broker_settings, tmp_path / "worker",
                       app_id=f"dg-rollout-{uuid.uuid4().hex[:6]}")
     try:
         w.start()
         yield w
     finally:
         try:
-            publish_control_record(broker_settings, shadow_key("default"), None)
-            publish_control_record(broker_settings, SWITCHES_KEY, None)
-            publish_policy(broker_settings, Policy().to_dict(), author="test",
+            publish_control_record(model_broker_settings, shadow_key("default"), None)
+            publish_control_record(model_broker_settings, SWITCHES_KEY, None)
+            publish_policy(model_broker_settings, Policy().to_dict(), author="test",
                            reason="rollout test: back to the live default")
         finally:
             w.stop()
             print(f"\n--- worker log tail ---\n{w.tail(15)}")
 
 
-def test_shadow_candidate_and_kill_switch_on_a_real_worker(worker, broker_settings):
-    settings = broker_settings
+def test_shadow_candidate_and_kill_switch_on_a_real_worker(worker, model_broker_settings):
+    settings = model_broker_settings
     start = time.time() - START_AGO_S
 
     # 1. live policy that never blocks, candidate with the default block threshold in shadow

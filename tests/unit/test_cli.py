@@ -4,7 +4,9 @@ from services.cli import build_parser, main
 from services.watch import format_decision
 from streams.schema import Decision
 
-SUBCOMMANDS = ["broker", "topics", "worker", "simulate", "eval", "bench", "watch", "policy", "run", "stop"]
+SUBCOMMANDS = ["broker", "topics", "worker", "simulate", "eval", "bench", "watch", "policy", "run", "stop",
+               "api", "switches", "allow", "feedback", "appeal", "number", "whatif", "audit",
+               "token", "switch-adapter"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
@@ -34,3 +36,22 @@ def test_decision_line_is_readable():
     line = format_decision(d)
     assert "BLOCK" in line and "DRY-RUN" in line and "8617000000001" in line
     assert "score 0.93 >= block 0.85" in line
+
+
+def test_token_create_works_locally_without_an_api(tmp_path, monkeypatch, capsys):
+    from services.api.auth import TokenStore
+
+    monkeypatch.setenv("DIALGUARD_HOME", str(tmp_path))
+    monkeypatch.delenv("DIALGUARD_API_TOKEN", raising=False)  # no API token: local by default
+    assert main(["token", "create", "first-admin", "--role", "admin"]) == 0
+    token = capsys.readouterr().out.strip()
+    store = TokenStore(tmp_path / "api" / "tokens.json")
+    assert store.authenticate(token).role == "admin"
+    assert main(["token", "revoke", "first-admin", "--local"]) == 0
+    assert store.authenticate(token) is None
+
+
+def test_client_commands_say_clearly_when_no_token_is_set(monkeypatch, capsys):
+    monkeypatch.delenv("DIALGUARD_API_TOKEN", raising=False)
+    assert main(["policy", "show"]) == 1
+    assert "no API token" in capsys.readouterr().err

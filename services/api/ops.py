@@ -1,0 +1,461 @@
+"""The API's writes: validated, versioned, audited, and visible to the next read.
+
+Every operation is a plain blocking method (the aiohttp handlers run them in a thread), takes
+the acting :class:`Identity`, writes its records and one :class:`AuditRecord` (who, when, what,
+before/after) in a single flush, then waits until the views have seen them. One lock serialises
+writes, so two analysts saving the same policy get two distinct versions, never the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+from confluent_kafka import Producer
+
+from services.api.auth import Identity
+from services.api.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from services.api.views import APPEAL_SUBJECT, Views
+from services.settings import Settings
+from streams.numbers import InvalidNumber, NumberPlan
+from streams.policy import (BUILTIN_ALLOW, SWITCHES_KEY, THRESHOLD_ACTIONS, ControlSwitches,
+                            Policy, PolicyError, shadow_key)
+from streams.schema import LABEL_TARGET, AllowEntry, AuditRecord, Decision, Label
+from streams.sink import producer_config
+from streams.topics import ALLOWLIST, AUDIT, DECISIONS, FEEDBACK, POLICY, POLICY_HISTORY
+
+log = logging.getLogger(__name__)
+
+FLUSH_TIMEOUT_S = 15.0
+#: How long a write waits for the views to see it before answering anyway (and logging it).
+VISIBLE_TIMEOUT_S = 10.0
+MAX_REASON_LEN = 500
+MAX_NOTE_LEN = 2000
+MAX_ID_LEN = 128
+#: Manual decisions are tagged like this so they are never mistaken for a policy's.
+MANUAL_POLICY = "manual"
+MANUAL_VERSION = 0
+#: Fields of a policy body the server sets itself (given ones are ignored).
+SERVER_FIELDS = ("name", "version", "author", "reason")
+STAGES = ("live", "shadow")
+APPEAL_OUTCOMES = ("upheld", "denied")
+APPEAL_LABEL = {"upheld": "appeal_upheld", "denied": "appeal_denied"}
+#: The longest TTL a manual block or allowlist entry may be given (a year).
+MAX_TTL_S = 366 * 86_400
+#: Manual block TTL when the analyst gives none.
+DEFAULT_MANUAL_TTL_S = 3600
+
+
+def reason_of(obj: Mapping[str, Any] | None, required: bool = True) -> str:
+    reason = (obj or {}).get("reason", "")
+    if not isinstance(reason, str):
+        raise BadRequest("reason must be a string")
+    reason = reason.strip()
+    if required and not reason:
+        raise BadRequest("a reason is required (it is audited)")
+    if len(reason) > MAX_REASON_LEN:
+        raise BadRequest(f"reason is longer than {MAX_REASON_LEN} characters")
+    return reason
+
+
+def positive_int(value: Any, what: str, maximum: int = MAX_TTL_S) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or int(value) != value or not 0 < value <= maximum:
+        raise BadRequest(f"{what} must be a whole number of seconds in 1..{maximum}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def candidate_policy(name: str, body: Any, version: int = 1, author: str = "",
+                     reason: str = "") -> Policy:
+    """A policy from a request body, validated (422 names the field); server fields set."""
+    if not isinstance(body, Mapping):
+        raise BadRequest("'policy' must be a JSON object of policy fields")
+    obj = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
+    ttl = obj.get("ttl_s")
+    if isinstance(ttl, Mapping):
+        unknown = set(ttl) - set(THRESHOLD_ACTIONS)
+        if unknown:
+            raise Unprocessable(f"ttl_s: unknown actions {', '.join(sorted(map(str, unknown)))}")
+    obj.update(name=name, version=version, author=author or "api", reason=reason)
+    try:
+        return Policy.from_dict(obj)
+    except PolicyError as exc:
+        raise Unprocessable(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise Unprocessable(f"invalid policy: {exc}") from None
+
+
+def check_policy_name(name: str) -> str:
+    if not name or len(name) > MAX_ID_LEN or "#" in name or ":" in name or \
+            not all(c.isalnum() or c in "-_." for c in name):
+        raise BadRequest(f"policy name {name!r} must be letters, digits, '-', '_', '.'")
+    return name
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: str
+    value: bytes | None
+
+
+class Writer:
+    """Produces a batch of records, flushes, and returns where each landed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.producer = Producer(producer_config(settings))
+
+    def write(self, records: Iterable[Record]) -> list[tuple[str, int, int]]:
+        landed: list[tuple[str, int, int]] = []
+        errors: list[Any] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                landed.append((msg.topic(), msg.partition(), msg.offset()))
+
+        for rec in records:
+            self.producer.produce(rec.topic, key=rec.key.encode(), value=rec.value,
+                                  on_delivery=on_delivery)
+        left = self.producer.flush(FLUSH_TIMEOUT_S)
+        if errors or left:
+            raise RuntimeError(f"could not write control records: {errors or 'flush timeout'}")
+        return landed
+
+
+class MemoryWriter:
+    """Applies records straight to the views (like the worker's MemorySink): for tests and
+    tools that run the API logic without a broker."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.offsets: dict[str, int] = {}
+        self.written: list[Record] = []
+
+    def write(self, records: Iterable[Record]) -> list[tuple[str, int, int]]:
+        landed = []
+        for rec in records:
+            offset = self.offsets.get(rec.topic, -1) + 1
+            self.offsets[rec.topic] = offset
+            self.written.append(rec)
+            self.views.apply(rec.topic, rec.key, rec.value, time.time(), 0, offset)
+            landed.append((rec.topic, 0, offset))
+        return landed
+
+
+def normalise_number(plan: NumberPlan, raw: Any) -> str:
+    """E.164 digits of a number given by a person (short codes stay short), as workers see it."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadRequest("number must be a non-empty string")
+    raw = raw.strip()
+    try:
+        return plan.normalise(raw)
+    except InvalidNumber as exc:
+        raise BadRequest(f"number {raw!r}: {exc}") from None
+
+
+class Operations:
+    def __init__(self, settings: Settings, views: Views,
+                 writer: Writer | MemoryWriter | None = None) -> None:
+        self.settings = settings
+        self.views = views
+        self.writer = writer or Writer(settings)
+        self.plan = NumberPlan(country_code=settings.country_code,
+                               national_prefix=settings.national_prefix,
+                               international_prefix=settings.international_prefix)
+        #: Re-entrant: an upheld appeal is one write made of an unblock and a label.
+        self.lock = threading.RLock()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _commit(self, actor: Identity, action: str, subject: str, reason: str, before: Any,
+                after: Any, records: list[Record]) -> AuditRecord:
+        audit = AuditRecord(id=uuid.uuid4().hex, at=time.time(), actor=actor.name,
+                            role=actor.role, action=action, subject=subject, reason=reason,
+                            before=before, after=after)
+        landed = self.writer.write([*records, Record(AUDIT.name, subject, audit.encode())])
+        for topic, partition, offset in landed:
+            if not self.views.wait_for(topic, partition, offset, VISIBLE_TIMEOUT_S):
+                log.warning("views did not see %s[%d]@%d within %.0fs", topic, partition,
+                            offset, VISIBLE_TIMEOUT_S)
+        log.info("%s by %s (%s) on %s: %s", action, actor.name, actor.role, subject, reason)
+        return audit
+
+    def audit_only(self, actor: Identity, action: str, subject: str, reason: str, before: Any,
+                   after: Any) -> AuditRecord:
+        """Audit a change that lives outside Kafka (tokens)."""
+        with self.lock:
+            return self._commit(actor, action, subject, reason, before, after, [])
+
+    @staticmethod
+    def _dict(policy: Policy | None) -> dict[str, Any] | None:
+        return policy.to_dict() if policy is not None else None
+
+    # -- policies --------------------------------------------------------------------------
+    def put_policy(self, actor: Identity, name: str, body: Any, reason: str,
+                   stage: str = "live") -> Policy:
+        check_policy_name(name)
+        if stage not in STAGES:
+            raise BadRequest(f"stage must be one of {', '.join(STAGES)}")
+        with self.lock:
+            policy = candidate_policy(name, body, self.views.next_version(name), actor.name,
+                                      reason)
+            return self._publish(actor, policy, stage, f"policy.{stage}", reason)
+
+    def _publish(self, actor: Identity, policy: Policy, stage: str, action: str,
+                 reason: str) -> Policy:
+        name = policy.name
+        key = name if stage == "live" else shadow_key(name)
+        before = self.views.live.get(name) if stage == "live" else self.views.shadow.get(name)
+        records = [Record(POLICY.name, key, policy.encode()),
+                   Record(POLICY_HISTORY.name, f"{name}:{policy.version}", policy.encode())]
+        self._commit(actor, action, f"policy/{name}", reason, self._dict(before),
+                     policy.to_dict(), records)
+        return policy
+
+    def rollback(self, actor: Identity, name: str, version: Any, reason: str) -> Policy:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise BadRequest("version must be an integer")
+        with self.lock:
+            old = next((p for p in self.views.versions(name) if p.version == version), None)
+            if old is None:
+                raise NotFound(f"policy {name} has no version {version}")
+            policy = Policy.from_dict({**old.to_dict(), "version": self.views.next_version(name),
+                                       "author": actor.name, "reason": reason})
+            return self._publish(actor, policy, "live", "policy.rollback",
+                                 f"rollback to v{version}: {reason}")
+
+    def promote(self, actor: Identity, name: str, reason: str) -> Policy:
+        with self.lock:
+            shadow = self.views.shadow.get(name)
+            if shadow is None:
+                raise NotFound(f"policy {name} has no shadow version to promote")
+            policy = Policy.from_dict({**shadow.to_dict(), "author": actor.name,
+                                       "reason": reason})
+            before = self.views.live.get(name)
+            records = [Record(POLICY.name, name, policy.encode()),
+                       Record(POLICY.name, shadow_key(name), None),
+                       Record(POLICY_HISTORY.name, f"{name}:{policy.version}", policy.encode())]
+            self._commit(actor, "policy.promote", f"policy/{name}", reason, self._dict(before),
+                         policy.to_dict(), records)
+            return policy
+
+    def discard_shadow(self, actor: Identity, name: str, reason: str) -> None:
+        with self.lock:
+            shadow = self.views.shadow.get(name)
+            if shadow is None:
+                raise NotFound(f"policy {name} has no shadow version")
+            self._commit(actor, "policy.shadow_discard", f"policy/{name}", reason,
+                         shadow.to_dict(), None, [Record(POLICY.name, shadow_key(name), None)])
+
+    def set_switches(self, actor: Identity, dry_run_all: Any, reason: str) -> ControlSwitches:
+        if not isinstance(dry_run_all, bool):
+            raise BadRequest("dry_run_all must be true or false")
+        with self.lock:
+            before = self.views.switches
+            after = ControlSwitches(dry_run_all=dry_run_all, author=actor.name, reason=reason,
+                                    at=time.time())
+            self._commit(actor, "switches.set", "switches", reason, asdict(before),
+                         asdict(after), [Record(POLICY.name, SWITCHES_KEY, after.encode())])
+            return after
+
+    # -- allowlist -------------------------------------------------------------------------
+    def add_allow(self, actor: Identity, body: Mapping[str, Any], now: float | None = None
+                  ) -> AllowEntry:
+        now = time.time() if now is None else now
+        reason = reason_of(body)
+        prefix = body.get("prefix", False)
+        if not isinstance(prefix, bool):
+            raise BadRequest("prefix must be true or false")
+        raw = body.get("number")
+        if prefix:
+            if not isinstance(raw, str) or not raw.isdigit():
+                raise BadRequest("a prefix must be digits")
+            number = raw
+        else:
+            number = normalise_number(self.plan, raw)
+        if "ttl_s" in body and "expires_at" in body:
+            raise BadRequest("give ttl_s or expires_at, not both")
+        expires_at = 0.0
+        if body.get("ttl_s") is not None:
+            expires_at = now + positive_int(body["ttl_s"], "ttl_s")
+        elif body.get("expires_at") is not None:
+            exp = body["expires_at"]
+            if isinstance(exp, bool) or not isinstance(exp, (int, float)) or \
+                    not math.isfinite(exp) or exp <= now:
+                raise BadRequest("expires_at must be a future epoch time in seconds")
+            expires_at = float(exp)
+        entry = AllowEntry(number=number, reason=reason, prefix=prefix, expires_at=expires_at,
+                           author=actor.name)
+        with self.lock:
+            before = self.views.allow.entries.get(number)
+            self._commit(actor, "allowlist.add", f"allowlist/{number}", reason,
+                         asdict(before) if before else None, asdict(entry),
+                         [Record(ALLOWLIST.name, number, entry.encode())])
+        return entry
+
+    def remove_allow(self, actor: Identity, number: str, reason: str) -> None:
+        if number in BUILTIN_ALLOW:
+            raise Forbidden(f"{number} is built in ({BUILTIN_ALLOW[number]}) and cannot be "
+                            "removed")
+        with self.lock:
+            before = self.views.allow.entries.get(number)
+            if before is None:
+                raise NotFound(f"{number} is not on the allowlist")
+            self._commit(actor, "allowlist.remove", f"allowlist/{number}", reason,
+                         asdict(before), None, [Record(ALLOWLIST.name, number, None)])
+
+    # -- manual decisions ------------------------------------------------------------------
+    def manual(self, actor: Identity, number: str, action: str, reason: str, ttl_s: int,
+               extra: list[Record] | None = None) -> Decision:
+        number = normalise_number(self.plan, number)
+        if action == "block" and number in BUILTIN_ALLOW:
+            raise Forbidden(f"{number} is built in ({BUILTIN_ALLOW[number]}) and is never "
+                            "blocked")
+        now = time.time()
+        decision = Decision(number=number, action=action, ttl_s=ttl_s, score=0.0,
+                            reasons=[reason, f"by {actor.name}"], policy=MANUAL_POLICY,
+                            policy_version=MANUAL_VERSION, decided_at=now, trigger_ts=now,
+                            dry_run=False)
+        last = self.views.number_decisions(number)
+        with self.lock:
+            self._commit(actor, f"number.{action}", f"number/{number}", reason,
+                         _decision_dict(last[0]) if last else None, _decision_dict(decision),
+                         [Record(DECISIONS.name, number, decision.encode()), *(extra or [])])
+        return decision
+
+    def block(self, actor: Identity, number: str, body: Mapping[str, Any]) -> Decision:
+        ttl = positive_int(body.get("ttl_s", DEFAULT_MANUAL_TTL_S), "ttl_s")
+        return self.manual(actor, number, "block", reason_of(body), ttl)
+
+    def unblock(self, actor: Identity, number: str, body: Mapping[str, Any]) -> Decision:
+        reason = reason_of(body)
+        number = normalise_number(self.plan, number)
+        extra: list[Record] = []
+        allow_for = body.get("allow_for_s")
+        if allow_for is not None:
+            entry = AllowEntry(number=number, reason=f"unblocked: {reason}",
+                               expires_at=time.time() + positive_int(allow_for, "allow_for_s"),
+                               author=actor.name)
+            extra.append(Record(ALLOWLIST.name, number, entry.encode()))
+        return self.manual(actor, number, "unblock", reason, 1, extra)
+
+    # -- feedback --------------------------------------------------------------------------
+    def label_from(self, obj: Any, source_default: str) -> Label:
+        """A validated label from one JSON object / CSV row (422 names what is wrong)."""
+        if not isinstance(obj, Mapping):
+            raise Unprocessable("a label must be an object")
+        unknown = set(obj) - {"id", "number", "label", "note", "source", "ts"}
+        if unknown:
+            raise Unprocessable(f"unknown label fields: {', '.join(sorted(unknown))}")
+        label_id = obj.get("id")
+        if not isinstance(label_id, str) or not label_id.strip() or len(label_id) > MAX_ID_LEN:
+            raise Unprocessable(f"id must be a non-empty string of at most {MAX_ID_LEN} "
+                                "characters (it makes intake idempotent)")
+        kind = obj.get("label")
+        if kind not in LABEL_TARGET:
+            raise Unprocessable(f"label must be one of {', '.join(LABEL_TARGET)}; got {kind!r}")
+        try:
+            number = normalise_number(self.plan, obj.get("number"))
+        except BadRequest as exc:
+            raise Unprocessable(exc.message) from None
+        note = obj.get("note") or ""
+        source = obj.get("source") or source_default
+        if not isinstance(note, str) or len(note) > MAX_NOTE_LEN:
+            raise Unprocessable(f"note must be text of at most {MAX_NOTE_LEN} characters")
+        if not isinstance(source, str) or len(source) > MAX_ID_LEN:
+            raise Unprocessable("source must be a short string")
+        ts = obj.get("ts")
+        if ts in (None, ""):
+            ts = time.time()
+        try:
+            ts = float(ts)
+        except (TypeError, ValueError):
+            raise Unprocessable(f"ts must be epoch seconds; got {ts!r}") from None
+        if not math.isfinite(ts) or ts <= 0:
+            raise Unprocessable("ts must be a positive epoch time")
+        return Label(number=number, label=kind, ts=ts, id=label_id.strip(), source=source,
+                     note=note)
+
+    def add_labels(self, actor: Identity, labels: list[Label]) -> tuple[int, int]:
+        """Publish the labels whose id was never seen; (accepted, duplicates)."""
+        with self.lock:
+            fresh: dict[str, Label] = {}
+            for label in labels:
+                if not self.views.has_label_id(label.id) and label.id not in fresh:
+                    fresh[label.id] = label
+            if fresh:
+                records = [Record(FEEDBACK.name, lb.number, lb.encode()) for lb in fresh.values()]
+                subject = f"label/{next(iter(fresh))}" if len(fresh) == 1 else "labels/bulk"
+                after: Any = asdict(next(iter(fresh.values()))) if len(fresh) == 1 else \
+                    {"ids": list(fresh)[:100], "count": len(fresh)}
+                self._commit(actor, "feedback.add", subject, "feedback intake", None, after,
+                             records)
+            return len(fresh), len(labels) - len(fresh)
+
+    # -- appeals ---------------------------------------------------------------------------
+    def create_appeal(self, actor: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        number = normalise_number(self.plan, body.get("number"))
+        fields: dict[str, str] = {}
+        for name in ("appellant", "contact", "note"):
+            value = body.get(name, "")
+            if not isinstance(value, str) or len(value) > MAX_NOTE_LEN:
+                raise BadRequest(f"{name} must be text of at most {MAX_NOTE_LEN} characters")
+            fields[name] = value.strip()
+        if not fields["appellant"] or not fields["contact"]:
+            raise BadRequest("an appeal needs the appellant and how to reach them (contact)")
+        appeal = {"id": uuid.uuid4().hex[:16], "number": number, **fields,
+                  "status": "pending", "at": time.time()}
+        with self.lock:
+            self._commit(actor, "appeal.create", f"{APPEAL_SUBJECT}{appeal['id']}",
+                         fields["note"] or "appeal", None, appeal, [])
+        return appeal
+
+    def decide_appeal(self, actor: Identity, appeal_id: str, body: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+        outcome = body.get("outcome")
+        if outcome not in APPEAL_OUTCOMES:
+            raise BadRequest(f"outcome must be one of {', '.join(APPEAL_OUTCOMES)}")
+        reason = reason_of(body)
+        allow_for = positive_int(body.get("allow_for_s", self.settings.api_appeal_allow_s),
+                                 "allow_for_s")
+        with self.lock:
+            return self._decide_appeal(actor, appeal_id, outcome, reason, allow_for)
+
+    def _decide_appeal(self, actor: Identity, appeal_id: str, outcome: str, reason: str,
+                       allow_for: int) -> dict[str, Any]:
+        with self.views.cond:
+            appeal = self.views.appeals.get(appeal_id)
+        if appeal is None:
+            raise NotFound(f"no appeal {appeal_id}")
+        if appeal.get("status") != "pending":
+            raise Conflict(f"appeal {appeal_id} is already {appeal.get('status')}")
+        now = time.time()
+        number = appeal["number"]
+        label = Label(number=number, label=APPEAL_LABEL[outcome], ts=now,
+                      id=f"appeal-{appeal_id}", source="appeal", note=reason,
+                      appellant=appeal.get("appellant", ""), contact=appeal.get("contact", ""))
+        decided = {**appeal, "status": outcome, "decided_by": actor.name, "decided_at": now,
+                   "reason": reason}
+        records = [Record(FEEDBACK.name, number, label.encode())]
+        if outcome == "upheld":
+            decided["allowlisted_until"] = now + allow_for
+            self.unblock(actor, number, {"reason": f"appeal {appeal_id} upheld: {reason}",
+                                         "allow_for_s": allow_for})
+        self._commit(actor, f"appeal.{outcome}", f"{APPEAL_SUBJECT}{appeal_id}", reason,
+                     appeal, decided, records)
+        return decided
+
+
+def _decision_dict(decision: Decision) -> dict[str, Any]:
+    return asdict(decision)
+
+
+__all__ = ["Operations", "Writer", "MemoryWriter", "Record", "candidate_policy", "reason_of",
+           "positive_int", "normalise_number", "MANUAL_POLICY"]
