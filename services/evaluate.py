@@ -17,7 +17,6 @@ Scenarios, seeds and duration are arguments, so anyone can reproduce the figures
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import defaultdict

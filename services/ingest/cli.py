@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 #: Modules of services.ingest that provide a ``register(subparsers)`` function.
-SOURCES: tuple[str, ...] = ()
+SOURCES: tuple[str, ...] = ("hep_collector", "sip_pcap", "isup_probe", "isup_pcap", "cdr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

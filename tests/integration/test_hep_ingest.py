@@ -1,0 +1,301 @@
+"""HEP collector and SIP pcap replay against the session's real Kafka broker.
+
+The collector runs as the operators (and the Kamailio end-to-end test) run it:
+``python -m services.cli ingest hep --host 127.0.0.1 --port P``, in a subprocess. It is fed
+real Kamailio siptrace output: the committed fixture replayed over UDP and over TCP, and a live
+Kamailio proxy tracing calls to it. Each collector stamps its own switch name, so a test reads
+back only its own events from the shared ``signaling.events``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+import pytest
+
+from services.broker import free_ports
+from services.ingest import hep
+from services.settings import REPO_ROOT, Settings
+from streams.schema import DLQ_HEADER_REASON, DLQ_HEADER_SOURCE
+from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
+from tests.integration import kamailio_trace
+from tests.integration.worker_harness import TopicReader
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "sip"
+HEP_FIXTURE = FIXTURES / "kamailio_calls.hep"
+PCAP_FIXTURE = FIXTURES / "kamailio_calls.pcap"
+START_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 60.0
+#: What the recorded calls must become (callee -> kinds, codes, caller, attest).
+EXPECTED_KINDS = {callee: spec["kinds"] for callee, spec in kamailio_trace.EXPECTED.items()}
+
+
+def _env(settings: Settings, switch: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
+    env.update(DIALGUARD_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, DIALGUARD_SIP_SWITCH=switch,
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+class Collector:
+    """``dialguard ingest hep`` in a subprocess on free ports; stderr kept in a file."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.port, self.metrics_port = free_ports(2)
+        self.switch = f"sw-{uuid.uuid4().hex[:8]}"
+        self.log = workdir / f"collector-{self.switch}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "ingest", "hep", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--metrics-port", str(self.metrics_port)],
+                cwd=REPO_ROOT, env=_env(settings, self.switch), stdout=log,
+                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "listening" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"collector did not start: {self.output()}")
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read().decode()
+
+
+@pytest.fixture
+def collector(broker_settings: Settings, tmp_path: Path) -> Iterator[Collector]:
+    c = Collector(broker_settings, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def events_reader(broker_settings: Settings) -> Iterator[TopicReader]:
+    reader = TopicReader(broker_settings, SIGNALING_EVENTS.name)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+@pytest.fixture
+def dlq_reader(broker_settings: Settings) -> Iterator[TopicReader]:
+    reader = TopicReader(broker_settings, SIGNALING_DLQ.name)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def events_of(reader: TopicReader, switch: str) -> list[dict]:
+    out = []
+    for m in reader.messages:
+        ev = orjson.loads(m.value())
+        if ev.get("switch") == switch:
+            ev["_key"] = m.key()
+            out.append(ev)
+    return out
+
+
+def read_events(reader: TopicReader, switch: str, count: int) -> list[dict]:
+    reader.poll_until(lambda _: len(events_of(reader, switch)) >= count, READ_TIMEOUT_S,
+                      quiet_s=1.0)
+    return events_of(reader, switch)
+
+
+def by_callee(events: list[dict]) -> dict[str, list[dict]]:
+    calls: dict[str, list[dict]] = defaultdict(list)
+    for ev in sorted(events, key=lambda e: e["ts"]):
+        calls[ev["callee"]].append(ev)
+    return dict(calls)
+
+
+def check_recorded_calls(events: list[dict], hold: dict[str, float] | None = None) -> None:
+    """The five recorded calls, each exactly once, with the right facts."""
+    calls = by_callee(events)
+    assert {k: [e["kind"] for e in v] for k, v in calls.items()} == EXPECTED_KINDS
+    for callee, spec in kamailio_trace.EXPECTED.items():
+        evs = calls[callee]
+        assert {e["caller"] for e in evs} == {spec["caller"]}
+        assert {e["_key"] for e in evs} == {spec["caller"].encode()}  # keyed by caller
+        assert {e["proto"] for e in evs} == {"sip"}
+        assert len({e["call_id"] for e in evs}) == 1
+        assert {e["attest"] for e in evs} == {spec.get("attest")}
+        if "code" in spec:
+            assert evs[-1]["code"] == spec["code"]
+        if callee in kamailio_trace.HOLD_S:
+            answer, release = evs[1], evs[2]
+            assert answer["code"] == 200
+            assert release["duration_s"] == pytest.approx(release["ts"] - answer["ts"], abs=1e-5)
+            held = (hold or kamailio_trace.HOLD_S)[callee]
+            assert held - 0.05 < release["duration_s"] < held + 1.0
+            print(f"{callee}: held {held}s, measured {release['duration_s']:.3f}s")
+
+
+def dead_letters(reader: TopicReader, marker: bytes) -> list[tuple[str, str, bytes]]:
+    out = []
+    for m in reader.messages:
+        if marker in (m.value() or b""):
+            headers = dict(m.headers() or [])
+            out.append((headers[DLQ_HEADER_REASON].decode(),
+                        headers[DLQ_HEADER_SOURCE].decode(), m.value()))
+    return out
+
+
+def garbage(marker: bytes, sample: hep.HepPacket) -> dict[str, bytes]:
+    """One bad input per reason, each carrying ``marker`` so the test finds its dead letters."""
+    log = hep.HepPacket(payload=b"log line " + marker, ts_sec=sample.ts_sec, proto_type=100)
+    not_sip = hep.HepPacket(payload=b"hello " + marker + b"\r\n\r\n", ts_sec=sample.ts_sec)
+    cut = hep.encode(hep.HepPacket(payload=marker + sample.payload, ts_sec=sample.ts_sec))
+    return {"bad_magic": b"GARBAGE " + marker, "truncated": cut[:len(cut) - 40],
+            "not_sip": hep.encode(log), "sip_parse_error": hep.encode(not_sip)}
+
+
+def fixture_packets() -> list[bytes]:
+    return [p.raw for p in hep.read_file(HEP_FIXTURE.read_bytes())]
+
+
+def test_udp_replay_of_kamailio_trace_publishes_each_call_once(collector, events_reader,
+                                                                 dlq_reader):
+    packets = fixture_packets()
+    marker = uuid.uuid4().hex.encode()
+    bad = garbage(marker, hep.decode(packets[0]))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i, raw in enumerate(packets):
+            sock.sendto(raw, ("127.0.0.1", collector.port))
+            if i == 10:
+                for junk in bad.values():
+                    sock.sendto(junk, ("127.0.0.1", collector.port))
+            time.sleep(0.002)  # a tracer's pace; no receive-buffer overrun on a busy box
+    finally:
+        sock.close()
+    events = read_events(events_reader, collector.switch, 12)
+    check_recorded_calls(events)
+    dlq_reader.poll_until(lambda _: len(dead_letters(dlq_reader, marker)) >= len(bad),
+                          READ_TIMEOUT_S)
+    letters = dead_letters(dlq_reader, marker)
+    assert sorted(r for r, _, _ in letters) == sorted(bad)
+    assert {s for _, s, _ in letters} == {"hep"}
+    assert {v for _, _, v in letters} == set(bad.values())  # original bytes, untouched
+    metrics = collector.metrics()
+    assert 'dialguard_ingest_events_total{kind="attempt",source="hep"} 5.0' in metrics
+    assert 'dialguard_ingest_dead_letters_total{reason="not_sip",source="hep"} 1.0' in metrics
+    assert 'dialguard_ingest_ignored_total{source="hep",why="retransmission"}' in metrics
+    assert collector.stop() == 0
+    out = collector.output()
+    assert "12 events published" in out and "4 dead-lettered" in out, out
+
+
+def test_tcp_stream_with_garbage_and_a_cut_packet(collector, events_reader, dlq_reader):
+    packets = fixture_packets()
+    marker = uuid.uuid4().hex.encode()
+    junk = b"\x00\x00JUNK " + marker
+    stream = b"".join(packets[:20]) + junk + b"".join(packets[20:])
+    tail = hep.encode(hep.HepPacket(payload=b"INVITE " + marker, ts_sec=1))[:30]
+    sock = socket.create_connection(("127.0.0.1", collector.port))
+    try:
+        for pos in range(0, len(stream), 777):  # chunks that split packets anywhere
+            sock.sendall(stream[pos:pos + 777])
+        sock.sendall(tail)
+    finally:
+        sock.close()
+    events = read_events(events_reader, collector.switch, 12)
+    check_recorded_calls(events)
+    dlq_reader.poll_until(lambda _: len(dead_letters(dlq_reader, marker)) >= 1, READ_TIMEOUT_S)
+    assert [r for r, _, _ in dead_letters(dlq_reader, marker)] == ["bad_magic"]
+    # The cut packet at the end of the connection is dead-lettered as truncated (its bytes
+    # are only HEP header and chunks, so find it by the collector's count instead of a marker).
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    while 'reason="truncated",source="hep"} 1.0' not in collector.metrics():
+        assert time.monotonic() < deadline, collector.metrics()
+        time.sleep(0.2)
+
+
+def test_live_kamailio_siptrace_to_collector(collector, events_reader, tmp_path):
+    """Kamailio mirrors calls to the collector as they happen; the attempt is on the topic
+    while the phone is still ringing."""
+    caller_port, callee_port = free_ports(2)
+    kam = kamailio_trace.Kamailio(tmp_path, collector.port, callee_port)
+    caller = callee = None
+    try:
+        kam.start()
+        caller = kamailio_trace.Phone(caller_port, ("127.0.0.1", kam.sip_port))
+        callee = kamailio_trace.Phone(callee_port, ("127.0.0.1", kam.sip_port))
+        call = kamailio_trace.Call(caller, callee, "+8613800138000", "+8613900139777",
+                                   pai="tel:+8613800138099",
+                                   identity=kamailio_trace.IDENTITY_A)
+        call.invite()
+        call.callee_replies(180, "Ringing")
+        ringing = read_events(events_reader, collector.switch, 1)
+        assert [(e["kind"], e["callee"]) for e in ringing] == [("attempt", "+8613900139777")]
+        call.callee_replies(200, "OK")
+        call.caller.send(call._in_dialog("ACK", 1, from_caller=True))
+        call.callee.expect("ACK")
+        time.sleep(0.8)
+        call.hangup(by_caller=False)
+        kamailio_trace.run_calls(caller, callee)
+    finally:
+        for phone in (caller, callee):
+            if phone is not None:
+                phone.close()
+        kam.stop()
+    events = read_events(events_reader, collector.switch, 15)
+    mine = [e for e in events if e["callee"] == "+8613900139777"]
+    assert [e["kind"] for e in mine] == ["attempt", "answer", "release"]
+    assert mine[0]["caller"] == "+8613800138099" and mine[0]["attest"] == "A"
+    assert 0.75 < mine[2]["duration_s"] < 2.0
+    check_recorded_calls([e for e in events if e["callee"] != "+8613900139777"])
+    assert {e["trunk"] for e in events} == {"127.0.0.1"}
+
+
+def test_sip_pcap_replay_publishes_the_same_calls(broker_settings, events_reader, tmp_path):
+    switch = f"pcap-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run([sys.executable, "-m", "services.cli", "ingest", "sip-pcap",
+                           str(PCAP_FIXTURE), "--switch", switch], cwd=REPO_ROOT,
+                          env=_env(broker_settings, ""), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "57 SIP frames" in done.stderr
+    assert "12 events published" in done.stderr and "0 dead-lettered" in done.stderr
+    print(done.stderr.strip().splitlines()[-1])
+    events = read_events(events_reader, switch, 12)
+    check_recorded_calls(events)
+
+
+def test_sip_pcap_of_a_missing_file_fails_clearly(broker_settings):
+    done = subprocess.run([sys.executable, "-m", "services.cli", "ingest", "sip-pcap",
+                           "/nonexistent/capture.pcap"], cwd=REPO_ROOT,
+                          env=_env(broker_settings, ""), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "no such capture file" in done.stderr
