@@ -9,11 +9,10 @@ rules and the tests) and the dashboards are built with Grafana's own ``grafana-f
 whose builders emit the JSON model Grafana 11 loads. The committed files are what Grafana's and
 Prometheus's provisioning read; ``--check`` (run by the tests) keeps them equal to the code.
 
-Three dashboards: the NOC overview (is traffic flowing, what are we doing to it), detection
-quality (are we right: false positives, precision, latency, leakage, model health) and the
-policy board (which policy version is in force and what it decides). Switch apply latency and
-failures are not here: they belong to the switch adapter (acks on ``switch.control.acks``),
-which is not built yet.
+Three dashboards: the NOC overview (is traffic flowing, what are we doing to it, and the
+other processes: ingest, switch adapter, control API), detection quality (are we right: false
+positives, precision, latency, leakage, model health) and the policy board (which policy
+version is in force, its shadow candidate, the kill switch, automatic rollbacks).
 """
 
 from __future__ import annotations
@@ -122,8 +121,9 @@ def noc_overview() -> Dashboard:
     """Is traffic flowing and what are we doing to it: for the network operations center."""
     return (
         dashboard("dialguard-noc", "dialguard / NOC overview",
-                  "Signaling traffic in, decisions out, worker health. Switch apply latency "
-                  "and failures will come with the switch adapter (not built yet).")
+                  "Signaling traffic in, decisions out, worker health, and the processes "
+                  "around the workers: ingest (HEP/ISUP/CDR collectors), switch adapters "
+                  "(decisions applied on the switches) and the control API.")
         .with_row(Row("Now"))
         .with_panel(single("Blocks active", "Numbers under a live (not dry-run) block.",
                            "short", Target(q.BLOCKS_ACTIVE, "blocks"),
@@ -162,6 +162,30 @@ def noc_overview() -> Dashboard:
                           "number, not counted.", "ops", [Target(q.LATE_EVENTS, "late")]))
         .with_panel(graph("Micro-batch flush time p99", "Time to fold a micro-batch into "
                           "state, score and decide.", "s", [Target(q.FLUSH_P99, "p99")]))
+        .with_row(Row("Ingest"))
+        .with_panel(graph("Ingested events by source and kind", "Events the collectors "
+                          "published to signaling.events per second.", "ops",
+                          [Target(q.INGEST_EVENTS_BY_SOURCE_KIND, "{{source}} {{kind}}")]))
+        .with_panel(graph("Ingest dead letters by source and reason", "Input records the "
+                          "collectors could not turn into events, per second.", "ops",
+                          [Target(q.INGEST_DLQ_BY_SOURCE_REASON, "{{source}} {{reason}}")]))
+        .with_row(Row("Switch adapter"))
+        .with_panel(graph("Switch acks by status", "Decisions applied on the switches or "
+                          "failed, per second (switch.control.acks).", "ops",
+                          [Target(q.SWITCH_ACKS_BY_STATUS, "{{status}}")], width=THIRD))
+        .with_panel(graph("Decision to switch apply", "From a decision's publication to its "
+                          "application on the switch.", "s",
+                          [Target(q.SWITCH_APPLY_P50, "p50"), Target(q.SWITCH_APPLY_P99, "p99")],
+                          width=THIRD))
+        .with_panel(graph("Entries blocked on the switch", "Numbers each adapter holds in its "
+                          "switch's block table.", "short",
+                          [Target(q.SWITCH_BLOCKED_ENTRIES, "{{instance}}")], width=THIRD))
+        .with_row(Row("Control API"))
+        .with_panel(graph("API requests by route and status", "Requests to the control API "
+                          "per second.", "reqps",
+                          [Target(q.API_REQUESTS_BY_ROUTE_STATUS, "{{route}} {{status}}")]))
+        .with_panel(graph("API latency p99 by route", "Time to answer a control API "
+                          "request.", "s", [Target(q.API_REQUEST_P99_BY_ROUTE, "{{route}}")]))
     )
 
 
@@ -214,7 +238,31 @@ def policy_board() -> Dashboard:
     return (
         dashboard("dialguard-policy", "dialguard / Policy board",
                   "Policy versions in force and the decisions each policy makes, live or "
-                  "dry-run. Publish policies with `dialguard policy set`.")
+                  "dry-run; shadow candidates beside them, the kill switch and automatic "
+                  "rollbacks. Publish policies with `dialguard policy set`.")
+        .with_row(Row("Guarded rollout"))
+        .with_panel(single("Kill switch", "1: dry_run_all is on, every decision of every "
+                           "policy is dry-run and nothing new is enforced.", "none",
+                           Target(q.KILL_SWITCH, "kill switch"),
+                           _thresholds((None, GREEN), (1, RED)), width=THIRD))
+        .with_panel(single(f"Auto-rollbacks ({q.ROLLBACK_WINDOW})", "Live versions the "
+                           "control API rolled back because their false-positive rate on "
+                           "fresh labels exceeded the policy's target.", "short",
+                           Target(q.AUTO_ROLLBACKS, "{{policy}}"),
+                           _thresholds((None, GREEN), (1, RED)), width=THIRD))
+        .with_panel(single("Shadow candidate version", "Version evaluated in shadow beside "
+                           "each policy (0: none).", "none",
+                           Target(q.SHADOW_POLICY_VERSION, "{{policy}}"),
+                           _thresholds((None, GREEN)), width=THIRD))
+        .with_panel(graph("Shadow vs live decisions by action", "What the live version "
+                          "publishes and what its shadow candidate would publish "
+                          "(decisions.shadow), per second.", "ops",
+                          [Target(q.LIVE_DECISIONS_BY_POLICY_ACTION, "live {{policy}} {{action}}"),
+                           Target(q.SHADOW_DECISIONS_BY_POLICY_ACTION,
+                                  "shadow {{policy}} {{action}}")]))
+        .with_panel(graph(f"Auto-rollbacks by policy ({q.ROLLBACK_WINDOW})", "Automatic "
+                          "rollbacks of live versions (audited on control.audit).", "short",
+                          [Target(q.AUTO_ROLLBACKS, "{{policy}}")]))
         .with_row(Row("Policies"))
         .with_panel(graph("Policy version in force", "Version of each policy the workers "
                           "apply; a step is a published change.", "none",

@@ -4,8 +4,11 @@ Why one module: the Grafana panels (``dashboards/build.py``), the rules file it 
 (``dashboards/rules.yml``) and the tests (which run each expression through ``promtool`` and a
 real Prometheus scraping a real worker) must agree on what "false-positive rate" or "consumer
 lag" means. A panel that shows one formula while the alert fires on another is worse than no
-panel. Metric names are those of ``streams/metrics.py``; ``tests/unit/test_dashboards.py``
-checks every name used here exists there (or is a recording rule below).
+panel. Metric names are those of the worker (``streams/metrics.py``) or of another process
+listed in :data:`EXTERNAL_METRICS` (control API, switch adapter, ingest);
+``tests/unit/test_dashboards.py`` checks every name used here exists there (or is a recording
+rule below), and ``tests/integration/test_prometheus.py`` requires a series from every
+expression that reads only the worker's metrics.
 
 Windows are fixed (``[5m]``), not Grafana's ``$__rate_interval``, so the very string a panel
 sends is one Prometheus can run as is (the integration test does exactly that).
@@ -34,6 +37,50 @@ CONSUMER_LAG_ALERT_MESSAGES = 10_000
 DLQ_RATIO_ALERT = 0.01
 #: Decision actions that act on traffic (streams.policy.ENFORCING); "label" only annotates.
 ENFORCING_ACTIONS_REGEX = "block|rate_limit"
+
+#: Counted auto-rollbacks stay visible (panel) and alerting this long after they happened.
+ROLLBACK_WINDOW = "1h"
+#: The kill switch is an emergency brake: on for longer than this, someone must decide.
+KILL_SWITCH_FOR = "15m"
+
+# -- processes other than the worker -------------------------------------------------------------
+#: Prometheus job names (dashboards/prometheus.yml) of the processes the boards read.
+WORKER_JOB = "dialguard-worker"
+API_JOB = "dialguard-api"
+SWITCH_ADAPTER_JOB = "dialguard-switch-adapter"
+INGEST_JOB = "dialguard-ingest"
+#: Metric families exported by processes other than the worker, and the job scraping them. The
+#: worker's own metrics are the objects of ``streams/metrics.py``; these are defined by the
+#: other processes' code (:data:`METRIC_SOURCES`), which a unit test greps for each name.
+EXTERNAL_METRICS: dict[str, str] = {
+    "dialguard_policy_auto_rollbacks_total": API_JOB,
+    "dialguard_api_requests_total": API_JOB,
+    "dialguard_api_request_seconds": API_JOB,
+    "dialguard_switch_acks_total": SWITCH_ADAPTER_JOB,
+    "dialguard_switch_apply_seconds": SWITCH_ADAPTER_JOB,
+    "dialguard_switch_blocked_entries": SWITCH_ADAPTER_JOB,
+    "dialguard_ingest_events_total": INGEST_JOB,
+    "dialguard_ingest_dead_letters_total": INGEST_JOB,
+}
+#: Where each job's metrics are defined (glob patterns relative to the repository root).
+METRIC_SOURCES: dict[str, tuple[str, ...]] = {
+    API_JOB: ("services/api/**/*.py", "services/api*.py"),
+    SWITCH_ADAPTER_JOB: ("services/switch_adapter/**/*.py", "services/switch_adapter*.py"),
+    INGEST_JOB: ("services/ingest/**/*.py",),
+}
+#: Series a histogram family exports besides its own name.
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
+
+
+def external_job(series: str) -> str | None:
+    """The job of a series name another process exports, or None (the worker's or a rule's)."""
+    if series in EXTERNAL_METRICS:
+        return EXTERNAL_METRICS[series]
+    for suffix in HISTOGRAM_SUFFIXES:
+        if series.endswith(suffix) and series[:-len(suffix)] in EXTERNAL_METRICS:
+            return EXTERNAL_METRICS[series[:-len(suffix)]]
+    return None
+
 
 # -- raw selectors -------------------------------------------------------------------------------
 ENFORCING_DECISIONS = (f'dialguard_decisions_total{{action=~"{ENFORCING_ACTIONS_REGEX}",'
@@ -148,6 +195,37 @@ MODEL_LOG_LOSS = "max by (instance) (dialguard_model_log_loss)"
 DRIFT_ALARMS = f"sum(increase(dialguard_model_drift_alarms_total[{DRIFT_WINDOW}]))"
 
 POLICY_VERSION = "max by (policy) (dialguard_policy_version)"
+#: 1 if any worker runs with the kill switch on (all read the same record; max shows a laggard).
+KILL_SWITCH = "max(dialguard_dry_run_all)"
+SHADOW_POLICY_VERSION = "max by (policy) (dialguard_shadow_policy_version)"
+LIVE_DECISIONS_BY_POLICY_ACTION = (f"sum by (policy, action) "
+                                   f"(rate(dialguard_decisions_total[{RATE_WINDOW}]))")
+SHADOW_DECISIONS_BY_POLICY_ACTION = (f"sum by (policy, action) "
+                                     f"(rate(dialguard_shadow_decisions_total[{RATE_WINDOW}]))")
+_ROLLBACKS = "dialguard_policy_auto_rollbacks_total"
+#: Auto-rollbacks per policy over ROLLBACK_WINDOW. Why the second operand: a counter series is
+#: born at its first value, which increase() never sees; a series that did not exist a window
+#: ago counts with its whole value (the API should create its series at 0, this is the net).
+#: max, not sum, so a series both new and increasing is not counted twice; the label added to
+#: the new series keeps ``or`` (which matches label sets, names aside) from dropping it.
+AUTO_ROLLBACKS = (f"max by (policy) (increase({_ROLLBACKS}[{ROLLBACK_WINDOW}]) or "
+                  f"label_replace({_ROLLBACKS} unless {_ROLLBACKS} offset {ROLLBACK_WINDOW}, "
+                  f'"born", "within_window", "", ""))')
+
+# -- other processes: ingest, switch adapter, control API ------------------------------------------
+INGEST_EVENTS_BY_SOURCE_KIND = (f"sum by (source, kind) "
+                                f"(rate(dialguard_ingest_events_total[{RATE_WINDOW}]))")
+INGEST_DLQ_BY_SOURCE_REASON = (f"sum by (source, reason) "
+                               f"(rate(dialguard_ingest_dead_letters_total[{RATE_WINDOW}]))")
+SWITCH_ACKS_BY_STATUS = f"sum by (status) (rate(dialguard_switch_acks_total[{RATE_WINDOW}]))"
+SWITCH_APPLY_P50 = quantile(0.5, "dialguard_switch_apply_seconds", RATE_WINDOW)
+SWITCH_APPLY_P99 = quantile(0.99, "dialguard_switch_apply_seconds", RATE_WINDOW)
+#: Per adapter: each one mirrors the block list into the switch it drives.
+SWITCH_BLOCKED_ENTRIES = "sum by (instance) (dialguard_switch_blocked_entries)"
+API_REQUESTS_BY_ROUTE_STATUS = (f"sum by (route, status) "
+                                f"(rate(dialguard_api_requests_total[{RATE_WINDOW}]))")
+API_REQUEST_P99_BY_ROUTE = (f"histogram_quantile(0.99, sum by (route, le) "
+                            f"(rate(dialguard_api_request_seconds_bucket[{RATE_WINDOW}])))")
 DECISIONS_BY_POLICY_DRY_RUN = (f"sum by (policy, dry_run) "
                                f"(rate(dialguard_decisions_total[{RATE_WINDOW}]))")
 DECISIONS_24H_BY_POLICY_ACTION = ("sum by (policy, action, dry_run) "
@@ -231,4 +309,22 @@ def alert_rules() -> list[AlertRule]:
                          f"{DRIFT_WINDOW} (alarms: {{{{ $value | humanize }}}}): traffic "
                          f"changed or the model did. Watch the false-positive rate and the decisions per "
                          f"action before trusting new blocks.")),
+        AlertRule(
+            alert="DialguardPolicyAutoRolledBack", signal=AUTO_ROLLBACKS, condition="> 0",
+            for_="", severity="critical",
+            summary="Policy {{ $labels.policy }} was rolled back automatically",
+            description=(f"The live version of policy {{{{ $labels.policy }}}} enforced against "
+                         f"too many numbers later labelled legitimate (above its fp_target) "
+                         f"and the control API rolled it back to the previous version "
+                         f"(rollbacks in the last {ROLLBACK_WINDOW}: {{{{ $value | humanize "
+                         f"}}}}). The audit log (control.audit) says which version, why and "
+                         f"when; fix the thresholds before publishing it again.")),
+        AlertRule(
+            alert="DialguardKillSwitchOn", signal=KILL_SWITCH, condition="> 0",
+            for_=KILL_SWITCH_FOR, severity="warning",
+            summary="Kill switch on: every decision is dry-run",
+            description=(f"dry_run_all has been on for more than {KILL_SWITCH_FOR}: no new "
+                         f"block or rate limit reaches the switches, and the ones in force "
+                         f"run out on their TTL, so robots call freely again. Lift it "
+                         f"(control API) once the cause is fixed.")),
     ]

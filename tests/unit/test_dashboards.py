@@ -4,18 +4,18 @@ promtool accepts and passes the rules (``dashboards/rules_test.yml``)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
-import promql_parser
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from dashboards import build
 from dashboards import queries as q
-from dashboards.tooling import ToolMissing, prometheus_tool
-from services.settings import REPO_ROOT
+from dashboards.tooling import ToolMissing, prometheus_tool, selected_names
+from services.settings import REPO_ROOT, Settings
 from streams import metrics
 from streams.policy import ENFORCING
 
@@ -40,27 +40,18 @@ def exported_series_names() -> set[str]:
     return names
 
 
+def external_series_names() -> set[str]:
+    """Series names of the metrics other processes export (queries.EXTERNAL_METRICS)."""
+    return {name + suffix for name in q.EXTERNAL_METRICS
+            for suffix in ("",) + q.HISTOGRAM_SUFFIXES}
+
+
 def committed_rules() -> dict:
     return yaml.safe_load(build.RULES_PATH.read_text())
 
 
 def recorded_names() -> set[str]:
     return {r["record"] for g in committed_rules()["groups"] for r in g["rules"] if "record" in r}
-
-
-def selected_names(expr: str) -> set[str]:
-    """Metric names an expression selects, from a real PromQL parse (fails on bad syntax)."""
-    names: set[str] = set()
-
-    def visit(node: object) -> bool:
-        if isinstance(node, promql_parser.VectorSelector):
-            if node.name:
-                names.add(node.name)
-            names.update(m.value for m in node.matchers.matchers if m.name == "__name__")
-        return True
-
-    promql_parser.walk(promql_parser.parse(expr), visit)
-    return names
 
 
 def all_panel_targets() -> list[tuple[str, str, str]]:
@@ -104,7 +95,7 @@ def test_check_fails_when_a_committed_file_differs(tmp_path, monkeypatch):
 
 # -- PromQL names only what exists ---------------------------------------------------------------
 def test_every_panel_query_selects_exported_metrics_or_recorded_rules():
-    known = exported_series_names() | recorded_names()
+    known = exported_series_names() | external_series_names() | recorded_names()
     targets = all_panel_targets()
     assert len(targets) >= 20
     unknown = {(name, title, n) for name, title, expr in targets
@@ -123,7 +114,7 @@ def test_every_panel_query_is_defined_in_queries_py():
 
 def test_every_rule_selects_exported_metrics_or_earlier_recorded_rules():
     """Rules of a group run in order: a rule may only use what was recorded before it."""
-    exported = exported_series_names()
+    exported = exported_series_names() | external_series_names()
     recorded: set[str] = set()
     for group in committed_rules()["groups"]:
         for rule in group["rules"]:
@@ -136,8 +127,70 @@ def test_every_rule_selects_exported_metrics_or_earlier_recorded_rules():
 def test_the_metric_inventory_is_what_the_worker_exports():
     names = exported_series_names()
     assert {"dialguard_decisions_total", "dialguard_calls_before_block_bucket",
-            "dialguard_blocks_active", "dialguard_consumer_lag_messages"} <= names
+            "dialguard_blocks_active", "dialguard_consumer_lag_messages",
+            "dialguard_dry_run_all", "dialguard_shadow_policy_version",
+            "dialguard_shadow_decisions_total"} <= names
     assert "dialguard_decisions" not in names
+    assert not names & external_series_names(), "a worker metric is listed as another's"
+
+
+# -- metrics of the other processes ---------------------------------------------------------------
+def metric_is_defined(source: str, family: str) -> bool:
+    """``family`` appears as a string literal in ``source`` (prometheus_client drops a
+    counter's ``_total`` from the name it is given, so either spelling defines it)."""
+    names = {family, family.removesuffix("_total")}
+    return any(re.search(rf"""["']{re.escape(n)}["']""", source) for n in names)
+
+
+@pytest.mark.parametrize("family", sorted(q.EXTERNAL_METRICS))
+def test_every_metric_of_another_process_is_defined_in_its_code(family: str):
+    job = q.EXTERNAL_METRICS[family]
+    files = sorted({path for pattern in q.METRIC_SOURCES[job] for path in REPO_ROOT.glob(pattern)
+                    if path.is_file()})
+    where = [str(f.relative_to(REPO_ROOT)) for f in files
+             if metric_is_defined(f.read_text(encoding="utf-8"), family)]
+    assert where, (f"{family} (job {job}) is defined in none of {q.METRIC_SOURCES[job]} "
+                   f"({len(files)} files): the panels and alerts on it would stay empty")
+
+
+def test_metric_definition_check_can_fail():
+    assert metric_is_defined('C = Counter("dialguard_api_requests", "x")',
+                             "dialguard_api_requests_total")
+    assert not metric_is_defined('C = Counter("dialguard_api_request", "x")',
+                                 "dialguard_api_requests_total")
+
+
+def test_each_expression_reads_at_most_one_other_process():
+    """A panel or alert on another process's metrics reads that process only, so the
+    real-Prometheus test can tell which expressions a worker alone must answer."""
+    exprs = [expr for _, _, expr in all_panel_targets()]
+    exprs += [r["expr"] for g in committed_rules()["groups"] for r in g["rules"]]
+    for expr in exprs:
+        jobs = {q.external_job(n) for n in selected_names(expr)}
+        if jobs - {None}:
+            assert len(jobs) == 1, (expr, jobs)
+
+
+def test_boards_show_every_other_process_and_the_guarded_rollout():
+    used = {n for _, _, expr in all_panel_targets() for n in selected_names(expr)}
+    assert set(q.EXTERNAL_METRICS) <= {n.removesuffix("_bucket") for n in used}
+    policy_board = {expr for name, _, expr in all_panel_targets()
+                    if name == "policy-board.json"}
+    assert {q.KILL_SWITCH, q.SHADOW_POLICY_VERSION, q.LIVE_DECISIONS_BY_POLICY_ACTION,
+            q.SHADOW_DECISIONS_BY_POLICY_ACTION, q.AUTO_ROLLBACKS} <= policy_board
+
+
+def test_prometheus_scrapes_every_process_on_its_metrics_port():
+    config = yaml.safe_load((build.DASHBOARDS_DIR / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    # the worker first: tests/integration/test_prometheus.py takes its job name from there
+    assert config["scrape_configs"][0]["job_name"] == q.WORKER_JOB
+    s = Settings.from_env({})
+    ports = {q.WORKER_JOB: s.metrics_port, q.API_JOB: s.api_metrics_port,
+             q.SWITCH_ADAPTER_JOB: s.adapter_metrics_port, q.INGEST_JOB: s.ingest_metrics_port}
+    assert set(jobs) == set(ports) == set(q.EXTERNAL_METRICS.values()) | {q.WORKER_JOB}
+    for job, port in ports.items():
+        assert jobs[job]["dns_sd_configs"][0]["port"] == port, job
 
 
 def test_every_recording_rule_is_used_by_a_panel_or_a_rule():
