@@ -26,7 +26,7 @@ from streams import metrics
 from streams.control import ControlState
 from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCounters,
                               features)
-from streams.numbers import NumberPlan, prefix_of
+from streams.numbers import prefix_of
 from streams.policy import ENFORCING, BlockLimiter, CurrentAction, Policy, decide
 from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
                             SignalingEvent)
@@ -154,10 +154,7 @@ class Detector:
         self.sink = sink
         self.store = store
         self.clock = wall_clock
-        self.validator = EventValidator(
-            NumberPlan(settings.country_code, settings.national_prefix,
-                       settings.international_prefix),
-            settings.max_future_skew_s, settings.max_duration_s)
+        self.validator = EventValidator.of(settings)
         self.cfg = FeatureConfig(settings.short_call_s, settings.sequential_max_step,
                                  settings.distinct_callees_cap, settings.late_grace_s)
         self.cache: OrderedDict[str, CallerState] = OrderedDict()

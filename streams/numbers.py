@@ -10,6 +10,7 @@ string is taken to be E.164 already, so re-normalising a normalised number never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 E164_MAX_DIGITS = 15
 #: Short codes (emergency 110/112/911, service numbers like 95588) are kept as dialled.
@@ -28,6 +29,12 @@ class NumberPlan:
     country_code: str = "86"
     national_prefix: str = "0"
     international_prefix: str = "00"
+
+    @classmethod
+    def of(cls, settings: Any) -> "NumberPlan":
+        """This deployment's plan (``DIALGUARD_COUNTRY_CODE`` and prefixes)."""
+        return cls(settings.country_code, settings.national_prefix,
+                   settings.international_prefix)
 
     def normalise(self, raw: str) -> str:
         """Return the E.164 digits of ``raw`` (no ``+``) or raise :class:`InvalidNumber`."""

@@ -69,6 +69,8 @@ ISUP_BLOCKED_CAUSE = 21
 
 
 class InvalidEvent(ValueError):
+    """Input that cannot become an event; ``reason`` is the DLQ reason, ``detail`` the why."""
+
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
@@ -115,6 +117,13 @@ class EventValidator:
     plan: NumberPlan = field(default_factory=NumberPlan)
     max_future_skew_s: float = 300.0
     max_duration_s: float = 86_400.0
+
+    @classmethod
+    def of(cls, settings: Any) -> "EventValidator":
+        """The worker's checks with this deployment's plan and limits; ingest runs the same
+        ones, so what it publishes the worker accepts."""
+        return cls(NumberPlan.of(settings), settings.max_future_skew_s,
+                   settings.max_duration_s)
 
     def decode(self, raw: bytes, now: float | None = None) -> SignalingEvent:
         try:

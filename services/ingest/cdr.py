@@ -77,11 +77,8 @@ WHY_HEADER = "cdr_header"
 WHY_BLANK = "blank_line"
 
 
-class CdrError(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class CdrError(InvalidEvent):
+    """A billing record that cannot become events."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +285,7 @@ def ingest_rows(stream: TextIO, dialect: str, sink: EventSink, plan: NumberPlan,
             events = events_of(cdr, plan, cdr.call_id or row_call_id(text))
             for ev in events:
                 validator.decode(ev.encode())
-        except (CdrError, InvalidEvent) as exc:
+        except InvalidEvent as exc:  # a CdrError, or an event the worker would refuse
             sink.dead_letter(raw, exc.reason, f"{label} line {line}: {exc.detail}")
             continue
         for ev in events:
@@ -313,9 +310,8 @@ def _open(path: str) -> TextIO:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     tz = _timezone(args.timezone)
-    plan = NumberPlan(settings.country_code, settings.national_prefix,
-                      settings.international_prefix)
-    validator = EventValidator(plan, settings.max_future_skew_s, settings.max_duration_s)
+    plan = NumberPlan.of(settings)
+    validator = EventValidator.of(settings)
     sink = EventSink(settings, SOURCE)
     try:
         for path in args.files:

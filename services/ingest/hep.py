@@ -26,6 +26,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from streams.schema import InvalidEvent
+
 MAGIC = b"HEP3"
 HEADER = struct.Struct("!4sH")
 CHUNK_HEADER = struct.Struct("!HHH")
@@ -67,13 +69,8 @@ HEP_REASONS: tuple[str, ...] = (REASON_BAD_MAGIC, REASON_TRUNCATED, REASON_BAD_C
                                 REASON_NO_PAYLOAD)
 
 
-class HepError(ValueError):
+class HepError(InvalidEvent):
     """The bytes are not a well-formed HEPv3 packet."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(slots=True)

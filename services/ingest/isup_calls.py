@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streams.numbers import SHORT_CODE_MAX_DIGITS, InvalidNumber, NumberPlan
-from streams.schema import (REASON_MISSING, REASON_NUMBER, EventValidator, InvalidEvent,
-                            SignalingEvent)
+from streams.schema import (REASON_MISSING, REASON_NUMBER, EventValidator, SignalingEvent)
 
 if TYPE_CHECKING:
     from services.ingest.sink import EventSink
@@ -299,29 +298,13 @@ class IsupFeed:
         elif step.ignored is not None:
             self.sink.ignore(step.ignored)
         for ev in step.events:
-            try:
-                self.validator.decode(ev.encode())
-            except InvalidEvent as exc:
-                self.sink.dead_letter(raw, exc.reason, f"{prefix}{m.msg}: {exc.detail}")
-            else:
-                self.sink.event(ev)
+            self.sink.checked_event(ev, self.validator, raw, f"{prefix}{m.msg}")
         self._since_expiry += 1
         if self._since_expiry >= EXPIRE_EVERY_MESSAGES:
             self._since_expiry = 0
             self.tracker.expire()
 
 
-def validator_for(settings: "Settings") -> EventValidator:
-    """The worker's own checks, with this deployment's number plan and limits."""
-    return EventValidator(plan_for(settings), settings.max_future_skew_s,
-                          settings.max_duration_s)
-
-
-def plan_for(settings: "Settings") -> NumberPlan:
-    return NumberPlan(settings.country_code, settings.national_prefix,
-                      settings.international_prefix)
-
-
 def tracker_for(settings: "Settings") -> IsupCallTracker:
-    return IsupCallTracker(plan_for(settings), settings.isup_max_calls,
+    return IsupCallTracker(NumberPlan.of(settings), settings.isup_max_calls,
                            settings.isup_setup_timeout_s, settings.max_duration_s)

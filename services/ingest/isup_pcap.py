@@ -35,11 +35,11 @@ from pycrate_mobile.ISUP import ISUPTypeClasses
 from pycrate_mobile.M3UA import M3UATag, parse_M3UA
 
 from services.ingest.isup_calls import (ACM, ANM, CON, IAM, REL, RLC, IsupFeed, IsupMessage,
-                                        tracker_for, validator_for)
+                                        tracker_for)
 from services.ingest.sink import EventSink
 from services.settings import Settings
 from services.system import system_tool
-from streams.schema import REASON_NUMBER
+from streams.schema import REASON_NUMBER, EventValidator, InvalidEvent
 
 SOURCE = "isup-pcap"
 
@@ -69,11 +69,8 @@ WHY_ISUP_OTHER = "isup_other"
 TSHARK_FIELDS = ("frame.number", "frame.time_epoch", "sctp.data_payload_proto_id", "data.data")
 
 
-class DecodeError(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class DecodeError(InvalidEvent):
+    """An M3UA/ISUP payload that cannot be decoded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +330,7 @@ def ingest_chunks(chunks: Iterator[Chunk | BadFrame], feed: IsupFeed, label: str
 def run(args: argparse.Namespace, settings: Settings) -> int:
     sink = EventSink(settings, SOURCE)
     tracker = tracker_for(settings)
-    feed = IsupFeed(tracker, sink, validator_for(settings))
+    feed = IsupFeed(tracker, sink, EventValidator.of(settings))
     failed = []
     try:
         for path in args.files:

@@ -18,11 +18,11 @@ from typing import Any, BinaryIO, Iterable
 import orjson
 
 from services.ingest.isup_calls import (MESSAGES, NAI_NAMES, NAI_UNKNOWN, REL, IsupFeed,
-                                        IsupMessage, tracker_for, validator_for)
+                                        IsupMessage, tracker_for)
 from services.ingest.sink import EventSink
 from services.settings import Settings
 from streams.schema import (REASON_MISSING, REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_NUMBER,
-                            REASON_TYPE, REASON_VALUE, InvalidEvent)
+                            REASON_TYPE, REASON_VALUE, EventValidator, InvalidEvent)
 
 SOURCE = "isup-json"
 
@@ -175,7 +175,7 @@ def _open(path: str) -> BinaryIO:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     sink = EventSink(settings, SOURCE)
     tracker = tracker_for(settings)
-    feed = IsupFeed(tracker, sink, validator_for(settings))
+    feed = IsupFeed(tracker, sink, EventValidator.of(settings))
     try:
         for path in args.files:
             with _open(path) as stream:

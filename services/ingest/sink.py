@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from services.settings import Settings
 from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOURCE,
-                            DLQ_HEADER_TOPIC, SignalingEvent)
+                            DLQ_HEADER_TOPIC, EventValidator, InvalidEvent, SignalingEvent)
 from streams.sink import producer_config
 from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
 
@@ -70,6 +70,18 @@ class EventSink:
         self.events[ev.kind] += 1
         INGEST_EVENTS.labels(self.source, ev.kind).inc()
         self._maybe_progress()
+
+    def checked_event(self, ev: SignalingEvent, validator: EventValidator, raw: bytes,
+                      context: str) -> None:
+        """Publish ``ev`` if the worker's own checks accept it, else dead-letter ``raw`` (the
+        input it was made from) with ``context``: an odd input never reaches the worker as an
+        event it would refuse."""
+        try:
+            validator.decode(ev.encode())
+        except InvalidEvent as exc:
+            self.dead_letter(raw, exc.reason, f"{context}: {exc.detail}")
+        else:
+            self.event(ev)
 
     def dead_letter(self, raw: bytes, reason: str, detail: str) -> None:
         """The original bytes, untouched, with why they could not become an event."""

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import orjson
 from sipmessage import Address, CSeq, Message, Request, URI
 
-from streams.schema import ATTESTATIONS, SignalingEvent
+from streams.schema import ATTESTATIONS, InvalidEvent, SignalingEvent
 
 PROTO = "sip"
 #: Default timers (the settings in services/settings.py override them).
@@ -81,13 +81,8 @@ CODE_CANCELLED = 487
 _TRYING, _ANSWERED, _ENDED = "trying", "answered", "ended"
 
 
-class SipError(ValueError):
+class SipError(InvalidEvent):
     """A SIP payload that cannot be used; ``reason`` is the DLQ reason."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(slots=True)

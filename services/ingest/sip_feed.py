@@ -16,8 +16,7 @@ from prometheus_client import Counter, Gauge
 
 from services.ingest.sip_dialogs import (WHY_KEEPALIVE, DialogTracker, SipError, is_keepalive,
                                          parse_sip)
-from streams.numbers import NumberPlan
-from streams.schema import EventValidator, InvalidEvent, SignalingEvent
+from streams.schema import EventValidator, SignalingEvent
 
 if TYPE_CHECKING:
     from services.ingest.sink import EventSink
@@ -41,13 +40,6 @@ def tracker_for(settings: "Settings") -> DialogTracker:
                          max_dialogs=settings.sip_max_dialogs)
 
 
-def validator_for(settings: "Settings") -> EventValidator:
-    """The worker's own checks, with this deployment's number plan and limits."""
-    return EventValidator(NumberPlan(settings.country_code, settings.national_prefix,
-                                     settings.international_prefix),
-                          settings.max_future_skew_s, settings.max_duration_s)
-
-
 class SipFeed:
     def __init__(self, tracker: DialogTracker, sink: "EventSink",
                  validator: EventValidator) -> None:
@@ -60,7 +52,7 @@ class SipFeed:
 
     @classmethod
     def for_settings(cls, settings: "Settings", sink: "EventSink") -> "SipFeed":
-        return cls(tracker_for(settings), sink, validator_for(settings))
+        return cls(tracker_for(settings), sink, EventValidator.of(settings))
 
     def payload(self, payload: bytes, ts: float, raw: bytes, trunk: str | None = None,
                 switch: str | None = None, origin: str = "") -> None:
@@ -93,13 +85,7 @@ class SipFeed:
         self._update_metrics()
 
     def _publish(self, ev: SignalingEvent, raw: bytes) -> None:
-        try:
-            self.validator.decode(ev.encode())
-        except InvalidEvent as exc:
-            self.sink.dead_letter(raw, exc.reason, f"SIP {ev.kind} of call {ev.call_id}: "
-                                                   f"{exc.detail}")
-        else:
-            self.sink.event(ev)
+        self.sink.checked_event(ev, self.validator, raw, f"SIP {ev.kind} of call {ev.call_id}")
 
     def _update_metrics(self) -> None:
         source = self.sink.source

@@ -20,9 +20,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from services.admin import watermarks
-from services.ingest.isup_calls import validator_for
 from services.settings import REPO_ROOT, Settings
-from streams.schema import DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOURCE
+from streams.schema import DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOURCE, EventValidator
 from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
 
 pytestmark = pytest.mark.integration
@@ -90,7 +89,7 @@ def ingest(settings: Settings, n_events: int, n_dead: int, *args: str,
     finally:
         events.close()
         dlq.close()
-    validator = validator_for(settings)
+    validator = EventValidator.of(settings)
     decoded = []
     for m in evs:
         ev = validator.decode(m.value())  # what the worker will accept, unchanged

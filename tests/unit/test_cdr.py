@@ -11,9 +11,9 @@ import pytest
 
 from services.ingest import cdr
 from services.ingest.cdr import Cdr, CdrError, cdr_from_asterisk, cdr_from_row, events_of
-from services.ingest.isup_calls import plan_for, validator_for
 from services.settings import Settings
 from streams.numbers import NumberPlan
+from streams.schema import EventValidator
 from tests.unit.ingest_recorder import recording_sink
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cdr"
@@ -119,7 +119,7 @@ def _ingest(path: Path, dialect: str, tz=UTC):
     settings = Settings.from_env(environ={})
     sink, producer = recording_sink(cdr.SOURCE)
     with path.open(newline="") as stream:
-        cdr.ingest_rows(stream, dialect, sink, plan_for(settings), validator_for(settings), tz,
+        cdr.ingest_rows(stream, dialect, sink, NumberPlan.of(settings), EventValidator.of(settings), tz,
                         path.name)
     return sink, producer
 
@@ -152,7 +152,7 @@ def test_call_ids_without_a_column_are_stable_across_replays():
     for _ in range(2):
         sink, producer = recording_sink(cdr.SOURCE)
         cdr.ingest_rows(io.StringIO(text), "dialguard", sink, PLAN,
-                        validator_for(Settings.from_env(environ={})), UTC, "x")
+                        EventValidator.of(Settings.from_env(environ={})), UTC, "x")
         ids.append({e.call_id for e in producer.events()})
     assert ids[0] == ids[1] and len(ids[0]) == 1 and next(iter(ids[0])).startswith("cdr-")
 
@@ -161,7 +161,7 @@ def test_header_without_required_columns_stops_with_a_clear_error():
     sink, _ = recording_sink(cdr.SOURCE)
     with pytest.raises(SystemExit, match="lacks the column"):
         cdr.ingest_rows(io.StringIO("when,who\n1,2\n"), "dialguard", sink, PLAN,
-                        validator_for(Settings.from_env(environ={})), UTC, "x.csv")
+                        EventValidator.of(Settings.from_env(environ={})), UTC, "x.csv")
 
 
 def test_asterisk_fixture():

@@ -14,13 +14,12 @@ from services.ingest import isup_pcap, isup_probe
 from services.ingest.isup_calls import (ACM, ANM, CON, IAM, NAI_INTERNATIONAL, NAI_NATIONAL,
                                         NAI_UNKNOWN, REL, RLC, RLC_WAIT_S, WHY_DUPLICATE,
                                         WHY_NO_CALL, WHY_RINGING, WHY_RLC, IsupCallTracker,
-                                        IsupFeed, IsupMessage, address_string, plan_for,
-                                        validator_for)
+                                        IsupFeed, IsupMessage, address_string)
 from services.ingest.isup_pcap import (BadFrame, Chunk, DecodeError, address_signals,
                                        chunks_from_fields, decode_isup, decode_m3ua)
 from services.settings import Settings
 from streams.numbers import NumberPlan
-from streams.schema import REASON_MISSING, REASON_NUMBER
+from streams.schema import REASON_MISSING, REASON_NUMBER, EventValidator
 from tests.unit.ingest_recorder import recording_sink
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "isup"
@@ -299,7 +298,7 @@ def test_fixture_pcap_is_what_its_script_builds(tmp_path):
 def _ingest_pcap(path: Path):
     sink, producer = recording_sink(isup_pcap.SOURCE)
     settings = Settings.from_env(environ={})
-    feed = IsupFeed(IsupCallTracker(plan_for(settings)), sink, validator_for(settings))
+    feed = IsupFeed(IsupCallTracker(NumberPlan.of(settings)), sink, EventValidator.of(settings))
     isup_pcap.ingest_chunks(isup_pcap.read_chunks(str(path)), feed, path.name, "sw-x")
     return sink, producer, feed
 
@@ -371,7 +370,7 @@ def test_probe_record_parse_and_validation():
 def test_probe_fixture_every_line_is_an_event_source_a_dead_letter_or_counted():
     settings = Settings.from_env(environ={})
     sink, producer = recording_sink(isup_probe.SOURCE)
-    feed = IsupFeed(IsupCallTracker(plan_for(settings)), sink, validator_for(settings))
+    feed = IsupFeed(IsupCallTracker(NumberPlan.of(settings)), sink, EventValidator.of(settings))
     lines = PROBE.read_bytes().splitlines(keepends=True)
     isup_probe.ingest_lines(lines, feed, PROBE.name)
     calls = _by_cic(producer.events())

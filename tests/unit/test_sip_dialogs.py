@@ -12,10 +12,10 @@ from services.ingest import hep
 from services.ingest.sink import EventSink
 from services.ingest.sip_dialogs import (REASON_NO_CALLER, REASON_SIP_PARSE, DialogTracker,
                                         SipError, SipMessage, parse_sip, passport_attest)
-from services.ingest.sip_feed import SipFeed, validator_for
+from services.ingest.sip_feed import SipFeed
 from services.ingest.sip_pcap import split_messages
 from services.settings import Settings
-from streams.schema import DLQ_HEADER_REASON, SignalingEvent
+from streams.schema import DLQ_HEADER_REASON, EventValidator, SignalingEvent
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sip" / "kamailio_calls.hep"
 T0 = 1_795_420_800.0
@@ -265,7 +265,7 @@ def test_feed_accounts_for_every_message_and_dead_letters_unusable_ones():
     settings = Settings.from_env(environ={})
     producer = RecordingProducer()
     sink = EventSink(settings, "test", progress=None, producer=producer)
-    feed = SipFeed(DialogTracker(), sink, validator_for(settings))
+    feed = SipFeed(DialogTracker(), sink, EventValidator.of(settings))
     feed.payload(request("INVITE"), T0, b"hep-bytes-1", trunk="10.0.0.1", switch="sw1")
     feed.payload(b"\r\n\r\n", T0, b"hep-bytes-2")
     feed.payload(b"not sip at all", T0, b"hep-bytes-3", origin="f.pcap frame 3")
@@ -300,7 +300,7 @@ def test_pcap_replay_of_the_same_calls_matches_the_hep_trace():
     settings = Settings.from_env(environ={})
     producer = RecordingProducer()
     sink = EventSink(settings, "sip-pcap", progress=None, producer=producer)
-    feed = SipFeed(DialogTracker(), sink, validator_for(settings))
+    feed = SipFeed(DialogTracker(), sink, EventValidator.of(settings))
     frames = ingest_file(FIXTURE.with_suffix(".pcap"), feed, switch="pcap")
     from_pcap = [SignalingEvent(**orjson.loads(value))
                  for topic, _, value, _ in producer.records if topic == "signaling.events"]
