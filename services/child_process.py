@@ -11,9 +11,27 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Mapping
+
+from services.settings import ENV_PREFIX, REPO_ROOT, Settings
 
 #: Lines of a child's log shown when it failed to start or stop.
 LOG_TAIL_LINES = 40
+
+
+def child_env(settings: Settings, home: Path,
+              overrides: Mapping[str, object] | None = None) -> dict[str, str]:
+    """Environment of a ``dialguard`` child: this process's without its ``DIALGUARD_*``
+    (settings exported in a developer's shell must not leak into a child with its own),
+    ``settings``' broker, a ``home`` of its own, then ``overrides`` (setting names without
+    the prefix, e.g. ``{"APP_ID": "w1"}``); the repository on ``PYTHONPATH``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    values: dict[str, object] = {"KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                                 "TOPIC_PARTITIONS": settings.topic_partitions, "HOME": home,
+                                 **(overrides or {})}
+    env.update({f"{ENV_PREFIX}{name}": str(value) for name, value in values.items()})
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
 
 
 def stop_group(proc: subprocess.Popen | None, timeout: float) -> None:

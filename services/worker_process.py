@@ -8,7 +8,6 @@ construction, so whoever scrapes the worker knows them and a restart keeps them.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from services.broker import free_ports
-from services.child_process import LOG_TAIL_LINES, log_tail, stop_group
-from services.settings import ENV_PREFIX, REPO_ROOT, Settings
+from services.child_process import LOG_TAIL_LINES, child_env, log_tail, stop_group
+from services.settings import REPO_ROOT, Settings
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -53,16 +52,9 @@ class WorkerProcess:
 
     def env(self) -> dict[str, str]:
         """Production defaults, except where this worker lives and listens."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update({
-            f"{ENV_PREFIX}KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            f"{ENV_PREFIX}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
-            f"{ENV_PREFIX}HOME": str(self.home),
-            f"{ENV_PREFIX}APP_ID": self.app_id,
-            f"{ENV_PREFIX}WORKER_WEB_PORT": str(self.web_port),
-            f"{ENV_PREFIX}METRICS_PORT": str(self.metrics_port),
-            "PYTHONPATH": str(REPO_ROOT),
-        })
+        env = child_env(self.settings, self.home, {
+            "APP_ID": self.app_id, "WORKER_WEB_PORT": self.web_port,
+            "METRICS_PORT": self.metrics_port})
         env.update(self.extra_env)
         return env
 

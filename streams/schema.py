@@ -110,6 +110,17 @@ _OPTIONAL: tuple[tuple[str, type | tuple[type, ...]], ...] = (
 )
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` parsed as one JSON object, or :class:`InvalidEvent` saying why not."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(REASON_NOT_JSON, f"not JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(REASON_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 @dataclass(frozen=True)
 class EventValidator:
     """Turns raw bytes into a trusted :class:`SignalingEvent` or raises :class:`InvalidEvent`."""
@@ -126,12 +137,7 @@ class EventValidator:
                    settings.max_duration_s)
 
     def decode(self, raw: bytes, now: float | None = None) -> SignalingEvent:
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(REASON_NOT_JSON, f"not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise InvalidEvent(REASON_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        obj = json_object(raw)
         for name, kind in _REQUIRED:
             if name not in obj or obj[name] is None:
                 raise InvalidEvent(REASON_MISSING, f"field {name!r} is missing")

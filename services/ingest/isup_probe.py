@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
-import orjson
 
 from services.ingest.isup_calls import (MESSAGES, NAI_NAMES, NAI_UNKNOWN, REL, IsupFeed,
                                         IsupMessage, tracker_for)
 from services.ingest.sink import EventSink
 from services.settings import Settings
-from streams.schema import (REASON_MISSING, REASON_NOT_JSON, REASON_NOT_OBJECT, REASON_NUMBER,
-                            REASON_TYPE, REASON_VALUE, EventValidator, InvalidEvent)
+from streams.schema import (REASON_MISSING, REASON_NUMBER, REASON_TYPE, REASON_VALUE,
+                            EventValidator, InvalidEvent, json_object)
 
 SOURCE = "isup-json"
 
@@ -75,12 +74,7 @@ class _Skip(Exception):
 def parse_record(raw: bytes, default_switch: str | None = None) -> IsupMessage:
     """One probe line -> :class:`IsupMessage`; raises :class:`InvalidEvent` (reason, detail)
     for a line that is not a valid record and :class:`_Skip` for other ISUP messages."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(REASON_NOT_JSON, f"not JSON ({exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent(REASON_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    obj = json_object(raw)
     msg = _field(obj, "msg", str)
     if msg not in MESSAGES:
         if msg in OTHER_MESSAGES:

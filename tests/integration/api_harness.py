@@ -13,7 +13,6 @@ answers, which the API does only after its views have read the topics.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -27,8 +26,8 @@ import orjson
 from services.api.auth import hash_token, new_token
 from services.api_client import ApiClient
 from services.broker import free_ports
-from services.child_process import LOG_TAIL_LINES, log_tail, stop_group
-from services.settings import ENV_PREFIX, REPO_ROOT, Settings
+from services.child_process import LOG_TAIL_LINES, child_env, log_tail, stop_group
+from services.settings import REPO_ROOT, Settings
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
@@ -49,19 +48,11 @@ class ApiHarness:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update({
-            f"{ENV_PREFIX}KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            f"{ENV_PREFIX}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
-            f"{ENV_PREFIX}HOME": str(self.home),
-            f"{ENV_PREFIX}API_HOST": "127.0.0.1",
-            f"{ENV_PREFIX}API_PORT": str(self.port),
-            f"{ENV_PREFIX}API_METRICS_PORT": str(self.metrics_port),
-            f"{ENV_PREFIX}API_TOKENS": ",".join(
-                f"{name}:{role}:{hash_token(self.tokens[name])}"
-                for name, role in self.roles.items()),
-            "PYTHONPATH": str(REPO_ROOT),
-        })
+        env = child_env(self.settings, self.home, {
+            "API_HOST": "127.0.0.1", "API_PORT": self.port,
+            "API_METRICS_PORT": self.metrics_port,
+            "API_TOKENS": ",".join(f"{name}:{role}:{hash_token(self.tokens[name])}"
+                                   for name, role in self.roles.items())})
         env.update(self.extra_env)
         return env
 

@@ -4,7 +4,6 @@ readers of SIPp's own statistics files (-trace_stat, -trace_counts, -trace_short
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ from typing import Iterable
 from confluent_kafka import Producer
 
 from services.broker import free_ports
-from services.child_process import log_tail, stop_group
-from services.settings import ENV_PREFIX, REPO_ROOT, Settings
+from services.child_process import child_env, log_tail, stop_group
+from services.settings import REPO_ROOT, Settings
 from services.switch_adapter import READY_MARK
 from services.system import system_tool
 from streams.schema import Ack, Decision
@@ -77,20 +76,11 @@ class AdapterProcess:
         return self.home / "switch-adapter.log"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update({
-            f"{ENV_PREFIX}KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            f"{ENV_PREFIX}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
-            f"{ENV_PREFIX}HOME": str(self.home),
-            f"{ENV_PREFIX}KAMAILIO_RPC_URL": self.rpc_url,
-            f"{ENV_PREFIX}SWITCH_NAME": self.switch,
-            f"{ENV_PREFIX}ADAPTER_METRICS_PORT": str(self.metrics_port),
-            f"{ENV_PREFIX}ADAPTER_RETRY_ATTEMPTS": "3",
-            f"{ENV_PREFIX}ADAPTER_RETRY_INITIAL_S": "0.1",
-            f"{ENV_PREFIX}ADAPTER_RETRY_MAX_S": "0.4",
-            f"{ENV_PREFIX}ADAPTER_PENDING_RETRY_S": "1",
-            "PYTHONPATH": str(REPO_ROOT),
-        })
+        env = child_env(self.settings, self.home, {
+            "KAMAILIO_RPC_URL": self.rpc_url, "SWITCH_NAME": self.switch,
+            "ADAPTER_METRICS_PORT": self.metrics_port, "ADAPTER_RETRY_ATTEMPTS": 3,
+            "ADAPTER_RETRY_INITIAL_S": 0.1, "ADAPTER_RETRY_MAX_S": 0.4,
+            "ADAPTER_PENDING_RETRY_S": 1})
         env.update(self.extra_env)
         return env
 

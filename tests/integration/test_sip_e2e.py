@@ -14,7 +14,6 @@ the figures would depend on the order the tests run in.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 
 from services.admin import ensure_topics
 from services.broker import EmbeddedBroker, free_ports
+from services.child_process import child_env
 from services.kamailio_process import KamailioProcess
 from services.settings import ENV_PREFIX, REPO_ROOT, Settings
 from services.worker_process import WorkerProcess
@@ -104,11 +104,7 @@ def test_robot_is_blocked_people_get_through(spare_broker: tuple[Settings, Embed
     acks = TopicReader(settings, ACKS.name)
     decisions = TopicReader(settings, DECISIONS.name)
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update({f"{ENV_PREFIX}KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                    f"{ENV_PREFIX}TOPIC_PARTITIONS": str(settings.topic_partitions),
-                    f"{ENV_PREFIX}HOME": str(tmp_path / "collector-home"),
-                    "PYTHONPATH": str(REPO_ROOT)})
+        env = child_env(settings, tmp_path / "collector-home")
         with collector_log.open("ab") as out:
             collector = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "ingest", "hep", "--host", "127.0.0.1",
