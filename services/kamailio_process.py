@@ -39,19 +39,39 @@ def kamailio_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def rpc_call(url: str, method: str, *params: Any, timeout: float = RPC_TIMEOUT_S) -> Any:
-    """One JSON-RPC 2.0 call to Kamailio's ``/RPC``; returns ``result`` or raises RuntimeError.
+class RpcError(RuntimeError):
+    """Kamailio did not take a JSON-RPC call (down, timeout, or an error reply)."""
 
-    Blocking, for tools and tests; the switch adapter uses its own async client.
-    """
+
+def rpc_call(url: str, method: str, *params: Any, timeout: float = RPC_TIMEOUT_S,
+             request_id: int = 1) -> Any:
+    """One JSON-RPC 2.0 call to Kamailio's ``/RPC`` (xhttp + jsonrpcs transport 1); returns
+    ``result`` or raises :class:`RpcError` with Kamailio's message. Used by the switch adapter,
+    ``make run`` and the tests alike."""
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params),
-                       "id": 1}).encode()
+                       "id": request_id}).encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        reply = json.loads(resp.read() or b"{}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            reply = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        # jsonrpcs answers an RPC error with an HTTP error status and a JSON error body.
+        text = exc.read().decode(errors="replace")
+        raise RpcError(f"{method}: HTTP {exc.code} {_rpc_message(text) or exc.reason}") \
+            from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise RpcError(f"{method}: {getattr(exc, 'reason', exc)}") from None
     if "error" in reply:
-        raise RuntimeError(f"{method}: {reply['error']}")
+        raise RpcError(f"{method}: {reply['error']}")
     return reply.get("result")
+
+
+def _rpc_message(text: str) -> str:
+    try:
+        err = json.loads(text).get("error", {})
+        return str(err.get("message", "")) if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError):
+        return text.strip()[:200]
 
 
 @dataclass

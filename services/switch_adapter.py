@@ -40,14 +40,11 @@ and ``dialguard_switch_blocked_entries``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TextIO
 
@@ -55,6 +52,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.admin import watermarks
+from services.kamailio_process import RpcError, rpc_call
 from services.settings import Settings
 from streams.schema import Ack, Decision
 from streams.sink import producer_config
@@ -218,12 +216,9 @@ def backoff_delays(attempts: int, initial: float, cap: float) -> list[float]:
 
 
 # --- Kamailio JSON-RPC ------------------------------------------------------------------------
-class RpcError(RuntimeError):
-    """Kamailio did not take a JSON-RPC call (down, timeout, or an error reply)."""
-
-
 class KamailioRpc:
-    """JSON-RPC 2.0 over HTTP POST to Kamailio's ``/RPC`` (xhttp + jsonrpcs transport 1)."""
+    """The adapter's Kamailio: :func:`rpc_call` with its timeout, numbered requests, and a
+    delete of a missing entry taken as done."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
@@ -232,23 +227,7 @@ class KamailioRpc:
 
     def call(self, method: str, *params: Any) -> Any:
         self._id += 1
-        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params),
-                           "id": self._id}).encode()
-        req = urllib.request.Request(self.url, data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                reply = json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            # jsonrpcs answers an RPC error with an HTTP error status and a JSON error body.
-            text = exc.read().decode(errors="replace")
-            raise RpcError(f"{method}: HTTP {exc.code} {_rpc_message(text) or exc.reason}") \
-                from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise RpcError(f"{method}: {getattr(exc, 'reason', exc)}") from None
-        if "error" in reply:
-            raise RpcError(f"{method}: {reply['error']}")
-        return reply.get("result")
+        return rpc_call(self.url, method, *params, timeout=self.timeout, request_id=self._id)
 
     def run(self, op: RpcOp) -> None:
         try:
@@ -258,14 +237,6 @@ class KamailioRpc:
             if op.method == "htable.delete" and "not found" in str(exc).lower():
                 return
             raise
-
-
-def _rpc_message(text: str) -> str:
-    try:
-        err = json.loads(text).get("error", {})
-        return str(err.get("message", "")) if isinstance(err, dict) else str(err)
-    except (ValueError, AttributeError):
-        return text.strip()[:200]
 
 
 # --- the adapter ------------------------------------------------------------------------------
