@@ -93,6 +93,27 @@ class Settings:
     #: Per-prefix pool aggregates use this many leading digits of the caller.
     pool_prefix_len: int = 7
 
+    # --- Sources: per-trunk and per-range view (streams/source_*.py) ----------------------
+    #: Caller-number ranges are the number minus its last this many digits; a comma separated
+    #: list tracks several range sizes at once (e.g. "3,4"), each one more record per event.
+    source_range_strip: str = "4"
+    #: A caller equal to the callee but for its last this many digits is a "neighbour" caller
+    #: (neighbour spoofing copies the callee's number block).
+    source_neighbour_tail: int = 4
+    #: An answered call lasting this long is a real conversation: people do not talk this long
+    #: to robots, so a source where they do is never blocked whole.
+    source_conversation_s: float = 30.0
+    #: A source is scored once it made this many attempts in the last hour, and again after
+    #: every ``source_score_every`` new attempts.
+    source_score_min_attempts: int = 50
+    source_score_every: int = 25
+    #: Distinct callers and callees remembered per source (bounds memory of distinct counts).
+    source_distinct_cap: int = 512
+    #: A caller number that has not called for this long is "new to the network" again.
+    caller_new_after_s: float = 86_400.0
+    #: Trunks remembered per caller number (a number on several trunks is probably spoofed).
+    caller_trunks_cap: int = 4
+
     # --- Simulator -------------------------------------------------------------------------
     simulate_speed: float = 20.0
     simulate_history_h: float = 6.0
@@ -191,6 +212,20 @@ class Settings:
     @property
     def checkpoint_path(self) -> Path:
         return self.worker_dir / f"{self.app_id}-model.pkl"
+
+    @property
+    def range_strip_digits(self) -> tuple[int, ...]:
+        """``source_range_strip`` as integers, validated (1 to 8 digits each)."""
+        try:
+            values = tuple(sorted({int(v) for v in self.source_range_strip.split(",")
+                                   if v.strip()}))
+        except ValueError:
+            raise ValueError(f"DIALGUARD_SOURCE_RANGE_STRIP={self.source_range_strip!r} must "
+                             "be comma separated integers") from None
+        if not values or any(not 1 <= v <= 8 for v in values):
+            raise ValueError(f"DIALGUARD_SOURCE_RANGE_STRIP={self.source_range_strip!r}: each "
+                             "value must be 1 to 8 digits")
+        return values
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) connection settings, security included."""

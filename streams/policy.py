@@ -17,6 +17,8 @@ from typing import Any, Mapping
 import orjson
 
 from streams.schema import AllowEntry, Decision
+from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, SOURCE_SCOPES, CallMatch,
+                           decision_key)
 
 #: Actions in increasing severity; "unblock" is issued by people, not by thresholds.
 SEVERITY: dict[str, int] = {"": 0, "label": 1, "rate_limit": 2, "block": 3}
@@ -69,6 +71,78 @@ class Thresholds:
         return float(getattr(self, action))
 
 
+def _default_scope_ttl() -> dict[str, int]:
+    return {"label": 3600, "rate_limit": 1800, "block": 3600}
+
+
+@dataclass(frozen=True)
+class ScopePolicy:
+    """What a source score means for one scope (``prefix`` ranges or ``trunk``s).
+
+    A source decision cuts off everyone behind it, so the gates are stricter than for a number:
+    enough calls, callers, callees and settled calls in the last hour, and almost no real
+    conversations (``max_conversation_share``: answered calls that lasted, per attempt). A
+    source where people talk is never blocked whole; the detector looks for a narrower part
+    (a range, the trunk's unverified or neighbour-spoofed calls) instead.
+    """
+
+    enabled: bool = True
+    thresholds: Thresholds = field(default_factory=lambda: Thresholds(0.5, 0.75, 0.85))
+    min_attempts: int = 100
+    min_callers: int = 20
+    min_callees: int = 50
+    min_outcomes: int = 50
+    max_conversation_share: float = 0.02
+    ttl_s: dict[str, int] = field(default_factory=_default_scope_ttl)
+    hysteresis: float = 0.1
+    #: New source blocks beyond this many per minute (event time) are turned into dry-run.
+    max_blocks_per_min: int = 5
+
+    def validate(self, where: str) -> "ScopePolicy":
+        if not isinstance(self.enabled, bool):
+            raise PolicyError(f"{where}.enabled must be true or false")
+        self.thresholds.validate(f"{where}.thresholds")
+        for name in ("min_attempts", "min_callers", "min_callees", "min_outcomes",
+                     "max_blocks_per_min"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise PolicyError(f"{where}.{name} must be a non-negative integer, got {v!r}")
+        _check_ttls(self.ttl_s, f"{where}.ttl_s")
+        for name in ("max_conversation_share", "hysteresis"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                    or not 0.0 <= v < 1.0:
+                raise PolicyError(f"{where}.{name} must be a number in [0, 1), got {v!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, obj: Any, where: str) -> "ScopePolicy":
+        if not isinstance(obj, Mapping):
+            raise PolicyError(f"{where} must be an object")
+        unknown = set(obj) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PolicyError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
+        data = dict(obj)
+        if "thresholds" in data:
+            data["thresholds"] = _thresholds(data["thresholds"], f"{where}.thresholds")
+        if "ttl_s" in data:
+            if not isinstance(data["ttl_s"], Mapping):
+                raise PolicyError(f"{where}.ttl_s must be an object")
+            data["ttl_s"] = {**_default_scope_ttl(), **data["ttl_s"]}
+        return cls(**data).validate(where)
+
+
+def _default_scopes() -> dict[str, ScopePolicy]:
+    return {scope: ScopePolicy() for scope in SOURCE_SCOPES}
+
+
+def _check_ttls(ttl_s: Mapping[str, Any], where: str) -> None:
+    for action in THRESHOLD_ACTIONS:
+        v = ttl_s.get(action)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise PolicyError(f"{where}.{action} must be a positive integer of seconds")
+
+
 @dataclass(frozen=True)
 class Policy:
     name: str = "default"
@@ -97,6 +171,9 @@ class Policy:
     #: version back to the previous one (audited and alerted).
     fp_target: float = 0.05
     fp_min_labels: int = 10
+    #: Thresholds, evidence, TTLs and limiter of source decisions, per scope (prefix, trunk);
+    #: the fields above are the number scope's.
+    scopes: dict[str, ScopePolicy] = field(default_factory=_default_scopes)
 
     def validate(self) -> "Policy":
         if not self.name or not isinstance(self.name, str):
@@ -112,10 +189,11 @@ class Policy:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise PolicyError(f"{name} must be a non-negative integer, got {v!r}")
-        for action in THRESHOLD_ACTIONS:
-            v = self.ttl_s.get(action)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise PolicyError(f"ttl_s.{action} must be a positive integer of seconds")
+        _check_ttls(self.ttl_s, "ttl_s")
+        for scope, sp in self.scopes.items():
+            if scope not in SOURCE_SCOPES:
+                raise PolicyError(f"scopes: {scope!r} is not one of {', '.join(SOURCE_SCOPES)}")
+            sp.validate(f"scopes.{scope}")
         if not isinstance(self.hysteresis, (int, float)) or not 0 <= self.hysteresis < 1:
             raise PolicyError(f"hysteresis must be in [0, 1), got {self.hysteresis!r}")
         if not isinstance(self.dry_run, bool):
@@ -131,6 +209,10 @@ class Policy:
             raise PolicyError(f"fp_min_labels must be a positive integer, got "
                               f"{self.fp_min_labels!r}")
         return self
+
+    def scope(self, scope: str) -> ScopePolicy:
+        """The policy of a source scope (built-in defaults for a scope the policy leaves out)."""
+        return self.scopes.get(scope) or ScopePolicy()
 
     def thresholds_for(self, number: str) -> tuple[Thresholds, str]:
         best = ""
@@ -168,6 +250,16 @@ class Policy:
                 data["ttl_s"] = {**Policy().ttl_s, **dict(data["ttl_s"])}
             if "do_not_originate" in data:
                 data["do_not_originate"] = tuple(data["do_not_originate"])
+            if "scopes" in data:
+                if not isinstance(data["scopes"], Mapping):
+                    raise PolicyError("scopes must be an object keyed by prefix, trunk")
+                unknown_scopes = set(data["scopes"]) - set(SOURCE_SCOPES)
+                if unknown_scopes:
+                    raise PolicyError(f"scopes: unknown scopes {', '.join(sorted(unknown_scopes))}"
+                                      f"; choose from {', '.join(SOURCE_SCOPES)}")
+                data["scopes"] = {**_default_scopes(), **{
+                    k: ScopePolicy.from_dict(v, f"scopes.{k}")
+                    for k, v in data["scopes"].items()}}
         except (TypeError, ValueError) as exc:
             if isinstance(exc, PolicyError):
                 raise
@@ -239,6 +331,34 @@ class AllowList:
         else:
             self.entries[key] = entry
 
+    @staticmethod
+    def _live(entry: AllowEntry, now: float) -> bool:
+        return not entry.expires_at or entry.expires_at > now
+
+    def protects_source(self, scope: str, target: str, now: float) -> str | None:
+        """Why a source decision on this target must not be made, or None.
+
+        A trunk is protected when it is allowlisted itself. A range is protected when it holds
+        a protected number or overlaps a protected range (either is a prefix of the other):
+        blocking the range would cut off the bank, the hospital or the emergency line in it.
+        """
+        if scope == SCOPE_TRUNK:
+            entry = self.entries.get(decision_key(SCOPE_TRUNK, target))
+            if entry is not None and entry.trunk and self._live(entry, now):
+                return entry.reason or f"allowlisted trunk {target}"
+            return None
+        if scope == SCOPE_PREFIX:
+            for number, why in BUILTIN_ALLOW.items():
+                if number.startswith(target):
+                    return why
+            for e in self.entries.values():
+                if e.trunk or not self._live(e, now):
+                    continue
+                if e.number.startswith(target) or (e.prefix and target.startswith(e.number)):
+                    return e.reason or f"holds allowlisted {e.number}"
+            return None
+        return self.match(target, now)
+
     def match(self, number: str, now: float) -> str | None:
         """Why this number is protected, or None."""
         if number in BUILTIN_ALLOW:
@@ -247,8 +367,7 @@ class AllowList:
         if entry is not None and (not entry.expires_at or entry.expires_at > now):
             return entry.reason or "allowlisted"
         for e in self.entries.values():
-            if e.prefix and number.startswith(e.number) and \
-                    (not e.expires_at or e.expires_at > now):
+            if e.prefix and number.startswith(e.number) and self._live(e, now):
                 return e.reason or f"allowlisted prefix {e.number}"
         return None
 
@@ -371,9 +490,12 @@ def thresholds_for_tag(policy: Policy, number: str) -> tuple[Thresholds, str]:
 
 def _emit(policy: Policy, number: str, action: str, score: float, reasons: list[str],
           current: CurrentAction, trigger_ts: float, decided_at: float,
-          limiter: BlockLimiter) -> tuple[Decision | None, str | None]:
+          limiter: BlockLimiter, source: "SourceTarget | None" = None,
+          ) -> tuple[Decision | None, str | None]:
     held = current.active(trigger_ts)
-    ttl = policy.ttl_s[action]
+    scope_policy = policy.scope(source.scope) if source is not None else None
+    ttl = (scope_policy or policy).ttl_s[action]
+    max_blocks = (scope_policy or policy).max_blocks_per_min
     dry_run = policy.dry_run
     # A dry-run decision is re-issued for real once dry-run is lifted (or the limiter frees up).
     same_mode = current.dry_run == dry_run
@@ -382,11 +504,113 @@ def _emit(policy: Policy, number: str, action: str, score: float, reasons: list[
     if SEVERITY[held] > SEVERITY[action]:
         return None, held
     if action == "block" and not dry_run and (held != "block" or current.dry_run) and \
-            not limiter.allow(trigger_ts, policy.max_blocks_per_min):
+            not limiter.allow(trigger_ts, max_blocks):
         dry_run = True
-        reasons = reasons + [f"block limiter tripped: more than {policy.max_blocks_per_min} "
+        reasons = reasons + [f"block limiter tripped: more than {max_blocks} "
                              "new blocks this minute, issued as dry-run"]
     decision = Decision(number=number, action=action, ttl_s=ttl, score=round(score, 4),
                         reasons=reasons, policy=policy.name, policy_version=policy.version,
                         decided_at=decided_at, trigger_ts=trigger_ts, dry_run=dry_run)
+    if source is not None:
+        decision.scope, decision.target = source.scope, source.target
+        decision.switch = source.switch
+        decision.match = source.match.to_dict() if source.match is not None else None
     return decision, action
+
+
+# -- source decisions (prefix and trunk scopes) ------------------------------------------------
+#: Feature names a source decision's gates read (computed by streams.source_features).
+SRC_ATTEMPTS = "attempts_1h"
+SRC_CALLERS = "distinct_callers_1h"
+SRC_CALLEES = "distinct_callees_1h"
+SRC_SETTLED = "settled_1h"
+SRC_CONVERSATION = "conversation_share_1h"
+SRC_PROTECTED = "protected_1h"
+
+
+@dataclass(frozen=True)
+class SourceTarget:
+    """What a source decision acts on: a range, a whole trunk, or part of a trunk's calls."""
+
+    scope: str
+    target: str
+    switch: str | None = None
+    match: CallMatch | None = None
+
+    @property
+    def key(self) -> str:
+        return decision_key(self.scope, self.target)
+
+    def describe(self) -> str:
+        if self.scope == SCOPE_PREFIX:
+            return f"range {self.target}*"
+        what = f"trunk {self.target}"
+        return what if self.match is None else f"{what}, calls with {self.match.describe()}"
+
+
+def source_evidence_ok(sp: ScopePolicy, feats: Mapping[str, float],
+                       segment: str = "") -> tuple[bool, str]:
+    """Enough calls behind a source decision, and nobody really talking on it.
+
+    ``segment`` is the feature-name prefix of the part of a trunk the decision would cover
+    (``""``: all of it); callers and callees are counted for the whole source.
+    """
+    attempts = feats.get(segment + SRC_ATTEMPTS, 0.0)
+    settled = feats.get(segment + SRC_SETTLED, 0.0)
+    conversation = feats.get(segment + SRC_CONVERSATION, 0.0)
+    if attempts < sp.min_attempts:
+        return False, f"only {attempts:.0f} calls < min {sp.min_attempts}"
+    if feats.get(SRC_CALLERS, 0.0) < sp.min_callers:
+        return False, (f"only {feats.get(SRC_CALLERS, 0.0):.0f} distinct callers < min "
+                       f"{sp.min_callers} (the number view is narrower)")
+    if feats.get(SRC_CALLEES, 0.0) < sp.min_callees:
+        return False, f"only {feats.get(SRC_CALLEES, 0.0):.0f} distinct callees < min " \
+                      f"{sp.min_callees}"
+    if settled < sp.min_outcomes:
+        return False, f"only {settled:.0f} settled calls < min {sp.min_outcomes}"
+    if conversation > sp.max_conversation_share:
+        return False, (f"{_pct(conversation)} of calls are real conversations > "
+                       f"{_pct(sp.max_conversation_share)}: people call through it")
+    if feats.get(segment + SRC_PROTECTED, 0.0) > 0:
+        return False, "protected callers (emergency, allowlisted) call through it"
+    return True, ""
+
+
+def decide_source(policy: Policy, allow: AllowList, limiter: BlockLimiter,
+                  source: SourceTarget, score: float, feats: Mapping[str, float],
+                  explanation: str, current: CurrentAction, trigger_ts: float,
+                  decided_at: float, segment: str = "") -> tuple[Decision | None, str | None]:
+    """:func:`decide` for a range or a trunk: same order of harm, the scope's own policy.
+
+    Allowlisted trunks and ranges holding protected numbers get nothing; a source without
+    enough evidence, or where people hold conversations, gets a label at most.
+    """
+    sp = policy.scope(source.scope)
+    if not sp.enabled:
+        return None, None
+    protected = allow.protects_source(source.scope, source.target, trigger_ts)
+    if protected is not None:
+        return None, None
+    target = ""
+    for action in reversed(THRESHOLD_ACTIONS):
+        if score >= sp.thresholds.of(action):
+            target = action
+            break
+    held = current.active(trigger_ts)
+    if SEVERITY[held] > SEVERITY[target] and score >= sp.thresholds.of(held) - sp.hysteresis:
+        target = held
+    gate_note = ""
+    if SEVERITY[target] >= SEVERITY["rate_limit"]:
+        ok, why = source_evidence_ok(sp, feats, segment)
+        if not ok:
+            gate_note = f"not enough evidence for {target}: {why}"
+            target = "label" if SEVERITY[held] < SEVERITY["rate_limit"] else held
+    if not target:
+        return None, held or None
+    reasons = [f"{source.describe()}: {explanation}",
+               f"score {score:.2f} >= {target} {sp.thresholds.of(target):.2f} for "
+               f"{source.scope}s, policy {policy.name} v{policy.version}"]
+    if gate_note:
+        reasons.append(gate_note)
+    return _emit(policy, source.key, target, score, reasons, current, trigger_ts, decided_at,
+                 limiter, source)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 
 from streams.numbers import InvalidNumber, NumberPlan
+from streams.scope import SCOPE_NUMBER, CallMatch, covers
 
 SCHEMA_VERSION = 1
 
@@ -193,6 +194,16 @@ def _check_type(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -
 
 @dataclass(slots=True)
 class Decision:
+    """What switches must do, on ``switch.control.decisions`` (key: ``number``).
+
+    ``scope`` says what the decision covers (see :mod:`streams.scope`): ``number`` (the caller
+    ``target``), ``prefix`` (every caller starting with the digits ``target``) or ``trunk``
+    (every call entering through ``target`` = ``<switch>/<trunk>``, narrowed by ``match`` when
+    given). ``number`` is the topic key: the number itself for number decisions (so consumers
+    written before scopes keep working), ``prefix:<digits>`` / ``trunk:<switch>/<trunk>``
+    otherwise. Records written before scopes existed decode as number decisions.
+    """
+
     number: str
     action: str
     ttl_s: int
@@ -203,6 +214,26 @@ class Decision:
     decided_at: float
     trigger_ts: float
     dry_run: bool = False
+    scope: str = SCOPE_NUMBER
+    target: str = ""
+    #: The switch a trunk decision's trunk belongs to (None for other scopes).
+    switch: str | None = None
+    #: Only part of a trunk's calls (see :class:`streams.scope.CallMatch`); None: all of them.
+    match: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            self.target = self.number
+
+    @property
+    def call_match(self) -> CallMatch | None:
+        return CallMatch.from_dict(self.match)
+
+    def covers(self, caller: str, callee: str, switch: str | None, trunk: str | None,
+               attest: str | None) -> bool:
+        """Whether this decision applies to that call (the one coverage rule, streams.scope)."""
+        return covers(self.scope, self.target, self.call_match, caller, callee, switch, trunk,
+                      attest)
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -275,13 +306,17 @@ class Label:
 
 @dataclass(slots=True)
 class AllowEntry:
-    """An allowlisted number, or a prefix when ``prefix`` is true. ``expires_at`` 0 = never."""
+    """An allowlisted number, a prefix when ``prefix`` is true, or a trunk when ``trunk`` is
+    true (``number`` then holds ``<switch>/<trunk>``, e.g. a bank's or a hospital's trunk).
+    ``expires_at`` 0 = never. Topic key: the number, the prefix, or ``trunk:<switch>/<trunk>``.
+    """
 
     number: str
     reason: str
     prefix: bool = False
     expires_at: float = 0.0
     author: str = ""
+    trunk: bool = False
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -316,6 +351,56 @@ class AuditRecord:
     @classmethod
     def decode(cls, raw: bytes) -> "AuditRecord":
         return cls(**orjson.loads(raw))
+
+
+@dataclass(slots=True)
+class SourceEvent:
+    """A validated event as the source stage receives it, on ``signaling.sources``.
+
+    The per-number stage re-keys every event it accepted by where it came from (its trunk, and
+    its caller's number ranges) and adds what only the owner of the caller number knows:
+    ``caller_new`` (the number had not called in the last day) and ``caller_trunks`` (how many
+    distinct trunks the number was seen on lately: a real subscriber's number arriving on a
+    second trunk is probably spoofed). ``key`` is the source key it was published under.
+    """
+
+    key: str
+    ts: float
+    kind: str
+    proto: str
+    call_id: str
+    caller: str
+    callee: str
+    code: int | None = None
+    duration_s: float | None = None
+    trunk: str | None = None
+    switch: str | None = None
+    attest: str | None = None
+    caller_new: bool = False
+    caller_trunks: int = 1
+
+    @classmethod
+    def of(cls, key: str, ev: SignalingEvent, caller_new: bool,
+           caller_trunks: int) -> "SourceEvent":
+        return cls(key, ev.ts, ev.kind, ev.proto, ev.call_id, ev.caller, ev.callee, ev.code,
+                   ev.duration_s, ev.trunk, ev.switch, ev.attest, caller_new, caller_trunks)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "SourceEvent":
+        """Raises :class:`InvalidEvent` for anything that is not a source event."""
+        obj = json_object(raw)
+        try:
+            ev = cls(**obj)
+        except TypeError as exc:
+            raise InvalidEvent(REASON_MISSING, f"not a source event: {exc}") from None
+        if not isinstance(ev.ts, (int, float)) or ev.kind not in KINDS or \
+                not isinstance(ev.caller, str) or not isinstance(ev.callee, str) or \
+                not isinstance(ev.key, str):
+            raise InvalidEvent(REASON_VALUE, "source event with a bad ts, kind or number")
+        return ev
 
 
 #: Ack statuses: the switch enforces the decision now; it could not (yet: the adapter keeps

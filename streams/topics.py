@@ -38,11 +38,19 @@ SIGNALING_EVENTS = TopicSpec(
 SIGNALING_DLQ = TopicSpec(
     "signaling.events.dlq", 1, "delete", 14 * DAY_MS, "none",
     "original bytes; headers dlq.reason, dlq.source, dlq.topic, dlq.partition, dlq.offset")
+#: Accepted events re-keyed by where they came from (``trunk:<switch>/<trunk>``, and
+#: ``range:<digits>`` per configured range length), written by the per-number stage for the
+#: source stage. Internal: a day is enough to replay an outage of the source stage.
+SOURCE_EVENTS = TopicSpec(
+    "signaling.sources", None, "delete", 1 * DAY_MS, "source key (trunk:<switch>/<trunk>, "
+    "range:<digits>)", "SourceEvent")
 DECISIONS = TopicSpec(
-    "switch.control.decisions", None, "compact,delete", 30 * DAY_MS, "number", "Decision")
+    "switch.control.decisions", None, "compact,delete", 30 * DAY_MS,
+    "number; prefix:<digits>, trunk:<switch>/<trunk> for scoped decisions", "Decision")
 ACKS = TopicSpec("switch.control.acks", None, "delete", 7 * DAY_MS, "number", "Ack")
 POLICY = TopicSpec("control.policy", 1, "compact", -1, "policy name", "Policy")
-ALLOWLIST = TopicSpec("control.allowlist", 1, "compact", -1, "number or prefix", "AllowEntry")
+ALLOWLIST = TopicSpec("control.allowlist", 1, "compact", -1,
+                      "number, prefix, or trunk:<switch>/<trunk>", "AllowEntry")
 FEEDBACK = TopicSpec("feedback.labels", None, "delete", 90 * DAY_MS, "number", "Label")
 SCORES = TopicSpec("scores", None, "delete", 7 * DAY_MS, "number", "ScoreRecord")
 #: Every write made through the control API or CLI (who, when, what, before/after); kept forever.
@@ -55,7 +63,8 @@ SHADOW_DECISIONS = TopicSpec(
     "decisions.shadow", None, "delete", 7 * DAY_MS, "number", "Decision (shadow policy)")
 
 CATALOG: tuple[TopicSpec, ...] = (
-    SIGNALING_EVENTS, SIGNALING_DLQ, DECISIONS, ACKS, POLICY, ALLOWLIST, FEEDBACK, SCORES,
+    SIGNALING_EVENTS, SIGNALING_DLQ, SOURCE_EVENTS, DECISIONS, ACKS, POLICY, ALLOWLIST,
+    FEEDBACK, SCORES,
     AUDIT, POLICY_HISTORY, SHADOW_DECISIONS)
 
 

@@ -6,7 +6,8 @@ from streams.topics import CATALOG, by_name
 
 def test_catalog_matches_design():
     names = {s.name for s in CATALOG}
-    assert names == {"signaling.events", "signaling.events.dlq", "switch.control.decisions",
+    assert names == {"signaling.events", "signaling.events.dlq", "signaling.sources",
+                     "switch.control.decisions",
                      "switch.control.acks", "control.policy", "control.allowlist",
                      "feedback.labels", "scores", "control.audit",
                      "control.policy.history", "decisions.shadow"}
