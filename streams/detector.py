@@ -28,6 +28,7 @@ from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCoun
                               features)
 from streams.numbers import prefix_of
 from streams.policy import ENFORCING, BlockLimiter, CurrentAction, Policy, decide
+from streams.scope import SCOPE_NUMBER
 from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
                             SignalingEvent)
 
@@ -319,7 +320,7 @@ class Detector:
         state.action_score = decision.score
         state.action_dry = decision.dry_run
         metrics.DECISIONS.labels(decision.action, decision.policy,
-                                 str(decision.dry_run).lower()).inc()
+                                 str(decision.dry_run).lower(), decision.scope).inc()
         metrics.DETECTION_LAG.observe(max(decided_at - decision.trigger_ts, 0.0))
         self.sink.decision(decision)
         return decision
@@ -380,11 +381,11 @@ class Detector:
         if acted is None:
             return
         counter = metrics.TRUE_POSITIVES if target else metrics.FALSE_POSITIVES
-        counter.labels(acted[1]).inc()
+        counter.labels(acted[1], SCOPE_NUMBER).inc()
 
     def _update_gauges(self) -> None:
         now = self.newest_ts
-        metrics.BLOCKS_ACTIVE.set(sum(1 for action, _, until in self.actions.values()
+        metrics.BLOCKS_ACTIVE.labels(SCOPE_NUMBER).set(sum(1 for action, _, until in self.actions.values()
                                       if action == "block" and until > now))
         alarms = self.scorer.drift_alarms - self._drift_reported
         if alarms > 0:

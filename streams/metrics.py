@@ -11,8 +11,8 @@ DEAD_LETTERS = Counter("dialguard_dead_letters_total",
 LATE_DROPPED = Counter("dialguard_late_events_dropped_total",
                        "Events older than the late grace for their number, not counted")
 SCORED = Counter("dialguard_scores_total", "Feature vectors scored by the online models")
-DECISIONS = Counter("dialguard_decisions_total", "Decisions published",
-                    ["action", "policy", "dry_run"])
+DECISIONS = Counter("dialguard_decisions_total", "Decisions published, by scope (number, "
+                    "prefix, trunk)", ["action", "policy", "dry_run", "scope"])
 LIMITER_TRIPS = Counter("dialguard_block_limiter_trips_total",
                         "New blocks turned into dry-run by the blast-radius limiter")
 LABELS_LEARNED = Counter("dialguard_labels_learned_total",
@@ -30,13 +30,18 @@ DETECTION_LAG = Histogram("dialguard_decision_latency_seconds",
                           "(meaningful on live traffic, not on replays)",
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 BLOCKS_ACTIVE = Gauge("dialguard_blocks_active",
-                      "Numbers this worker holds a live (not dry-run) block for")
+                      "Numbers, ranges and trunks this worker holds a live (not dry-run) block "
+                      "for, by scope", ["scope"])
 TRUE_POSITIVES = Counter("dialguard_true_positives_total",
-                         "Rate-limited/blocked numbers later labelled robot (complaint, denied "
-                         "appeal, analyst verdict)", ["policy"])
+                         "Rate-limited/blocked numbers (or numbers inside an enforced range, "
+                         "labelled trunks and ranges) later labelled robot (complaint, denied "
+                         "appeal, analyst verdict), by the scope of the enforcement",
+                         ["policy", "scope"])
 FALSE_POSITIVES = Counter("dialguard_false_positives_total",
-                          "Rate-limited/blocked numbers later labelled legitimate (upheld "
-                          "appeal, analyst verdict, good callback)", ["policy"])
+                          "Rate-limited/blocked numbers (or numbers inside an enforced range, "
+                          "labelled trunks and ranges) later labelled legitimate (upheld "
+                          "appeal, analyst verdict, good callback), by the scope of the "
+                          "enforcement", ["policy", "scope"])
 CALLS_BEFORE_BLOCK = Histogram("dialguard_calls_before_block",
                                "Attempts a number made in the last hour when it was first "
                                "blocked (calls leaked before the block)",
@@ -56,6 +61,22 @@ SHADOW_POLICY_VERSION = Gauge("dialguard_shadow_policy_version",
 SHADOW_DECISIONS = Counter("dialguard_shadow_decisions_total",
                            "Decisions a shadow candidate would have made, published to "
                            "decisions.shadow (never to switches)", ["action", "policy"])
+SOURCE_EVENTS_OUT = Counter("dialguard_source_events_total",
+                            "Accepted events re-keyed to signaling.sources, by source kind "
+                            "(trunk, range)", ["kind"])
+SOURCE_EVENTS_IN = Counter("dialguard_source_events_folded_total",
+                           "Source events folded into per-trunk and per-range state", ["kind"])
+SOURCES_TRACKED = Gauge("dialguard_sources_tracked",
+                        "Trunks and ranges held in the source stage's hot cache", ["kind"])
+SOURCE_SCORED = Counter("dialguard_source_scores_total",
+                        "Trunk and range feature vectors scored", ["kind"])
+CAMPAIGNS_ACTIVE = Gauge("dialguard_campaigns_active",
+                         "Ranges and trunks under a live (not dry-run) rate limit or block: "
+                         "campaigns being stopped, by scope", ["scope"])
+SPOOFED_NUMBER_HOLDS = Counter("dialguard_spoofed_number_holds_total",
+                               "Number decisions held back to a label because the number "
+                               "arrives on several trunks (probably spoofed: its owner would "
+                               "be cut off)")
 CONSUMER_LAG = Gauge("dialguard_consumer_lag_messages",
                      "Messages of signaling.events not yet processed, per partition",
                      ["partition"])
@@ -68,21 +89,31 @@ CONSUMER_LAG = Gauge("dialguard_consumer_lag_messages",
 # values here are bounded sets.
 from streams.policy import THRESHOLD_ACTIONS  # noqa: E402  (below the metrics on purpose)
 from streams.schema import DLQ_REASONS  # noqa: E402
+from streams.scope import SCOPES  # noqa: E402
 
 DRY_RUN_LABELS = ("true", "false")
 
 for _reason in DLQ_REASONS:
     DEAD_LETTERS.labels(_reason)
+for _scope in SCOPES:
+    BLOCKS_ACTIVE.labels(_scope)
+    CAMPAIGNS_ACTIVE.labels(_scope)
+for _kind in ("trunk", "range"):
+    SOURCE_EVENTS_OUT.labels(_kind)
+    SOURCE_EVENTS_IN.labels(_kind)
+    SOURCES_TRACKED.labels(_kind)
+    SOURCE_SCORED.labels(_kind)
 
 
 def init_policy_series(policy: str) -> None:
     """Create a policy's decision and feedback series at 0 when it comes in force, so the first
     false positive of a policy is counted by increase() and its FP rate reads 0, not nothing."""
-    TRUE_POSITIVES.labels(policy)
-    FALSE_POSITIVES.labels(policy)
-    for action in THRESHOLD_ACTIONS:
-        for dry_run in DRY_RUN_LABELS:
-            DECISIONS.labels(action, policy, dry_run)
+    for scope in SCOPES:
+        TRUE_POSITIVES.labels(policy, scope)
+        FALSE_POSITIVES.labels(policy, scope)
+        for action in THRESHOLD_ACTIONS:
+            for dry_run in DRY_RUN_LABELS:
+                DECISIONS.labels(action, policy, dry_run, scope)
     init_shadow_series(policy)
 
 

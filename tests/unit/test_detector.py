@@ -152,7 +152,7 @@ def test_feedback_on_enforced_numbers_counts_true_and_false_positives():
     from prometheus_client import REGISTRY
 
     def value(name):
-        return REGISTRY.get_sample_value(name, {"policy": "default"}) or 0.0
+        return REGISTRY.get_sample_value(name, {"policy": "default", "scope": "number"}) or 0.0
 
     det, sink, control = make()
     feed(det, robot_burst() + robot_burst(number="8617012340000", seed=4))
@@ -167,7 +167,7 @@ def test_feedback_on_enforced_numbers_counts_true_and_false_positives():
     assert REGISTRY.get_sample_value("dialguard_calls_before_block_count") >= 2
     for _ in range(10):
         det.flush()
-    assert REGISTRY.get_sample_value("dialguard_blocks_active") >= 2
+    assert REGISTRY.get_sample_value("dialguard_blocks_active", {"scope": "number"}) >= 2
 
 
 def test_do_not_originate_caller_blocked_on_first_attempt():
