@@ -214,6 +214,11 @@ class Settings:
         return self.worker_dir / f"{self.app_id}-model.pkl"
 
     @property
+    def source_checkpoint_path(self) -> Path:
+        """The source stage's models (per trunk and range), checkpointed beside the number's."""
+        return self.worker_dir / f"{self.app_id}-source-model.pkl"
+
+    @property
     def range_strip_digits(self) -> tuple[int, ...]:
         """``source_range_strip`` as integers, validated (1 to 8 digits each)."""
         try:

@@ -20,6 +20,7 @@ from typing import Iterable
 
 import orjson
 
+from streams.scope import trunk_id
 from streams.schema import (ISUP_BUSY_OR_NO_ANSWER, ISUP_REJECTED, ISUP_UNALLOCATED,
                             SIP_BUSY_OR_NO_ANSWER, SIP_REJECTED, SIP_UNALLOCATED,
                             SignalingEvent)
@@ -48,6 +49,10 @@ class FeatureConfig:
     sequential_max_step: int = 3
     distinct_callees_cap: int = 512
     late_grace_s: float = 120.0
+    #: A number silent for this long is "new to the network" when it calls again.
+    caller_new_after_s: float = 86_400.0
+    #: Trunks remembered per number (seen on several: probably spoofed).
+    trunks_cap: int = 4
 
 
 def fail_class(proto: str, code: int | None) -> str:
@@ -85,7 +90,7 @@ class CallerState:
 
     __slots__ = ("hwm_ts", "buckets", "callees", "last_attempt_ts", "last_callee",
                  "attempts_total", "scored_attempts", "action", "action_until", "action_score",
-                 "action_dry")
+                 "action_dry", "first_ts", "trunks")
 
     def __init__(self) -> None:
         self.hwm_ts: float = 0.0
@@ -102,6 +107,10 @@ class CallerState:
         self.action_until: float = 0.0
         self.action_score: float = 0.0
         self.action_dry: bool = False
+        #: Start of this number's current stretch of activity (after a silence of a day).
+        self.first_ts: float = 0.0
+        #: trunk id (``<switch>/<trunk>``) -> last minute this number called through it
+        self.trunks: dict[str, int] = {}
 
     # -- updates --------------------------------------------------------------------------
     def add(self, ev: SignalingEvent, cfg: FeatureConfig) -> bool:
@@ -134,6 +143,9 @@ class CallerState:
                      cfg: FeatureConfig) -> None:
         bucket[ATTEMPTS] += 1
         self.attempts_total += 1
+        if not self.first_ts or ev.ts - self.last_attempt_ts > cfg.caller_new_after_s:
+            self.first_ts = ev.ts
+        self._add_trunk(trunk_id(ev.switch, ev.trunk), minute, cfg)
         if ev.attest == "A":
             bucket[ATTEST_A] += 1
         elif ev.attest == "C":
@@ -159,6 +171,19 @@ class CallerState:
                 oldest = min(callees, key=callees.__getitem__)
                 del callees[oldest]
             callees[key] = minute
+
+    def _add_trunk(self, trunk: str, minute: int, cfg: FeatureConfig) -> None:
+        trunks = self.trunks
+        horizon = minute - int(cfg.caller_new_after_s // MINUTE_S)
+        for t in [t for t, m in trunks.items() if m <= horizon]:
+            del trunks[t]
+        if trunk not in trunks and len(trunks) >= cfg.trunks_cap:
+            del trunks[min(trunks, key=trunks.__getitem__)]
+        trunks[trunk] = max(trunks.get(trunk, minute), minute)
+
+    def is_new(self, ts: float, cfg: FeatureConfig) -> bool:
+        """The number had not called for a day before its current stretch, begun < a day ago."""
+        return ts - self.first_ts < cfg.caller_new_after_s
 
     def _evict(self, now_minute: int) -> None:
         horizon = now_minute - RING_MINUTES
@@ -203,13 +228,14 @@ class CallerState:
             self.hwm_ts, [[m, *b] for m, b in self.buckets.items()],
             list(self.callees.items()), self.last_attempt_ts, self.last_callee,
             self.attempts_total, self.scored_attempts, self.action, self.action_until,
-            self.action_score, self.action_dry,
+            self.action_score, self.action_dry, self.first_ts, list(self.trunks.items()),
         ])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "CallerState":
+        row = orjson.loads(raw)
         (hwm, buckets, callees, last_ts, last_callee, total, scored, action, until,
-         action_score, action_dry) = orjson.loads(raw)
+         action_score, action_dry) = row[:11]
         st = cls()
         st.hwm_ts = hwm
         st.buckets = {int(row[0]): list(row[1:]) for row in buckets}
@@ -222,6 +248,13 @@ class CallerState:
         st.action = action
         st.action_until = until
         st.action_score = action_score
+        # Fields added for the source view (issue 10); states written before them read as a
+        # number whose stretch began at its newest event, seen on no trunk yet.
+        if len(row) >= 13:
+            st.first_ts = row[11]
+            st.trunks = {str(t): int(m) for t, m in row[12]}
+        else:
+            st.first_ts = hwm
         return st
 
 
