@@ -327,7 +327,7 @@ class Detector:
                     "its owner, so the source view acts on the trunk or range instead")
         decision, held = decide(policy, self.control.allowlist, self.limiter, number,
                                 parts.score, feats, current, state.hwm_ts, decided_at, hold)
-        if decision is not None and hold and any(hold in r for r in decision.reasons):
+        if hold and parts.score >= policy.thresholds_for(number)[0].rate_limit:
             metrics.SPOOFED_NUMBER_HOLDS.inc()
         shadow = self.control.shadow
         shadow_held = None if shadow is None else self._shadow(
