@@ -76,7 +76,10 @@ class SourceConfig:
     conversation_s: float = 30.0
     neighbour_tail: int = 4
     distinct_cap: int = 512
-    late_grace_s: float = 120.0
+    #: Events reach the source stage out of order: the number stage re-keys them from many
+    #: partitions, each at its own pace (a replay or a backlog shuffles whole minutes). So
+    #: anything inside the window still counts; only what fell out of it is late.
+    late_grace_s: float = float(RING_BUCKETS * BUCKET_S)
     #: A caller with this many calls in the window is one the per-number view judges itself.
     heavy_caller_calls: int = 8
     #: Calls in progress remembered per trunk for their segment (in memory only).
@@ -84,9 +87,11 @@ class SourceConfig:
 
     @classmethod
     def of(cls, settings: Any) -> "SourceConfig":
-        return cls(settings.short_call_s, settings.source_conversation_s,
-                   settings.source_neighbour_tail, settings.source_distinct_cap,
-                   settings.late_grace_s, settings.score_min_attempts)
+        return cls(short_call_s=settings.short_call_s,
+                   conversation_s=settings.source_conversation_s,
+                   neighbour_tail=settings.source_neighbour_tail,
+                   distinct_cap=settings.source_distinct_cap,
+                   heavy_caller_calls=settings.score_min_attempts)
 
 
 def source_kind(key: str) -> str:

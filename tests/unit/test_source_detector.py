@@ -261,3 +261,17 @@ def test_a_hold_reason_keeps_a_scoring_number_at_a_label():
     d2, _ = decide(Policy(), AllowList(), BlockLimiter(), "8613800000001", 0.99, feats,
                    CurrentAction(), T0, T0)
     assert d2.action == "block"
+
+
+def test_events_reaching_the_source_stage_out_of_order_still_count():
+    """The number stage re-keys from many partitions at their own pace: a backlog arrives
+    shuffled by minutes. Everything inside the window must still count."""
+    rnd = random.Random(11)
+    robots = ordered(robot_calls(GATEWAY, rnd, 600, 3.0, fresh_numbers(rnd)))
+    chunks = [robots[i:i + 400] for i in range(0, len(robots), 400)]
+    shuffled = [ev for pair in zip(chunks[1::2], chunks[0::2]) for chunk in pair for ev in chunk]
+    s = Stages()
+    s.feed(shuffled)
+    assert s.enforcing(SCOPE_TRUNK)
+    assert s.sources.cache["trunk:sw-9/gw-7"].attempts() == len(
+        [e for e in shuffled if e.kind == "attempt"])
