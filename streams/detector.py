@@ -169,7 +169,8 @@ class Detector:
         self.validator = EventValidator.of(settings)
         self.cfg = FeatureConfig(settings.short_call_s, settings.sequential_max_step,
                                  settings.distinct_callees_cap, settings.late_grace_s,
-                                 settings.caller_new_after_s, settings.caller_trunks_cap)
+                                 settings.caller_new_after_s, settings.caller_trunks_cap,
+                                 settings.source_conversation_s)
         self.range_strip = settings.range_strip_digits
         self.cache: OrderedDict[str, CallerState] = OrderedDict()
         self.dirty: dict[str, Any] = {}
@@ -321,10 +322,11 @@ class Detector:
                                 state.action_dry)
         decided_at = self.clock()
         hold = ""
-        if len(state.trunks) > 1:
-            hold = (f"probably spoofed: this number arrived on {len(state.trunks)} trunks "
-                    f"lately ({', '.join(sorted(state.trunks))}); blocking it would cut off "
-                    "its owner, so the source view acts on the trunk or range instead")
+        home = state.owner_elsewhere()
+        if home:
+            hold = (f"probably spoofed: these calls arrive on {state.last_trunk} while the "
+                    f"number's owner talks on {home}; blocking the number would cut off its "
+                    "owner, so the source view acts on the trunk or range instead")
         decision, held = decide(policy, self.control.allowlist, self.limiter, number,
                                 parts.score, feats, current, state.hwm_ts, decided_at, hold)
         if hold and parts.score >= policy.thresholds_for(number)[0].rate_limit:

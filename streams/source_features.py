@@ -73,7 +73,7 @@ KIND_RANGE = "range"
 @dataclass(frozen=True)
 class SourceConfig:
     short_call_s: float = 10.0
-    conversation_s: float = 30.0
+    conversation_s: float = 60.0
     neighbour_tail: int = 4
     distinct_cap: int = 512
     #: Events reach the source stage out of order: the number stage re-keys them from many

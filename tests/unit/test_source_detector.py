@@ -275,3 +275,16 @@ def test_events_reaching_the_source_stage_out_of_order_still_count():
     assert s.enforcing(SCOPE_TRUNK)
     assert s.sources.cache["trunk:sw-9/gw-7"].attempts() == len(
         [e for e in shuffled if e.kind == "attempt"])
+
+
+def test_robot_number_on_two_trunks_of_its_own_is_still_blocked_as_a_number():
+    """Spread over two gateways (load balancing), a robot has no owner talking anywhere:
+    only a number whose owner talks on another trunk is held as probably spoofed."""
+    rnd = random.Random(12)
+    robot = mobile(rnd)
+    calls = ordered(robot_calls(GATEWAY, rnd, 200, 6.0, (robot for _ in range(200))),
+                    robot_calls(Line("sw-9", "gw-8"), rnd, 200, 6.0, (robot for _ in range(200)),
+                                start=T0 + 3))
+    s = Stages()
+    s.feed(calls)
+    assert {d.target for d in s.enforcing(SCOPE_NUMBER) if d.action == "block"} == {robot}
