@@ -15,7 +15,8 @@ whole):
   almost nobody holds a real conversation in it. The whole trunk is taken only when no
   narrower segment holds nearly all of its calls; when people talk on the trunk, only a
   narrower segment can act, and the reasons say so.
-* a trunk the event did not name (``-``) is never enforced: a switch cannot match it.
+* a trunk the events did not name (``-``) is never enforced: a switch cannot match it; a
+  trunk named without its switch (``-/<trunk>``) applies to that trunk on any switch.
 """
 
 from __future__ import annotations
@@ -220,10 +221,15 @@ class SourceDetector:
         current = CurrentAction(state.action, state.action_until, state.action_score,
                                 state.action_dry) if same else CurrentAction()
         max_action = "block"
-        if kind == KIND_TRUNK and UNKNOWN in split_trunk_id(chosen.source.target):
-            notes += ("the switch or trunk of these calls is unknown: no switch can match "
-                      "it, so it is labelled, never enforced",)
-            max_action = "label"
+        if kind == KIND_TRUNK:
+            switch, trunk = split_trunk_id(chosen.source.target)
+            if trunk == UNKNOWN:
+                notes += ("the trunk of these calls is unknown: no switch can match it, so it "
+                          "is labelled, never enforced",)
+                max_action = "label"
+            elif switch == UNKNOWN:
+                notes += (f"these calls named no switch: applies to trunk {trunk} on any "
+                          "switch",)
         decided_at = self.clock()
         explanation = explain(chosen.view, self.cfg.distinct_cap, self.cfg.short_call_s)
         decision, held = decide_source(

@@ -164,13 +164,17 @@ def test_allowlisted_trunk_and_range_holding_a_protected_number_are_not_enforced
     assert not [d for d in s.enforcing() if d.scope != SCOPE_NUMBER]
 
 
-def test_calls_without_trunk_or_switch_are_counted_but_never_enforced():
+def test_calls_without_a_trunk_are_never_enforced_without_a_switch_on_any_switch():
     rnd = random.Random(7)
     s = Stages()
     s.feed(ordered(robot_calls(Line(None, None), rnd, 600, 3.0, fresh_numbers(rnd))))
     labels = [d for d in s.src_sink.decisions if d.scope == SCOPE_TRUNK]
     assert labels and {d.action for d in labels} == {"label"}
     assert labels[0].target == "-/-" and "unknown" in " ".join(labels[0].reasons)
+    s2 = Stages()
+    s2.feed(ordered(robot_calls(Line(None, "gw-5"), rnd, 600, 3.0, fresh_numbers(rnd))))
+    blocks = s2.enforcing(SCOPE_TRUNK)
+    assert blocks and blocks[0].target == "-/gw-5" and "any switch" in " ".join(blocks[0].reasons)
 
 
 def test_real_subscriber_spoofed_on_a_second_trunk_is_never_blocked_as_a_number():
