@@ -72,7 +72,9 @@ class Thresholds:
 
 
 def _default_scope_ttl() -> dict[str, int]:
-    return {"label": 3600, "rate_limit": 1800, "block": 3600}
+    """Campaigns dial in bursts with idle hours between; a source block outlives the gap so
+    the next burst is stopped from its first call (a block is refreshed while it dials)."""
+    return {"label": 3600, "rate_limit": 7200, "block": 4 * 3600}
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ class ScopePolicy:
     #: Upper bound on real conversations per call, judged with one pseudo-conversation added
     #: ((conversations + 1) / (calls + 1)), so a short sample never looks conversation-free.
     max_conversation_share: float = 0.02
-    #: Most calls from numbers busy enough for the number view to judge them (a single-number
-    #: robot): the number view is the narrower scope, the source stays out of it.
+    #: Most calls from numbers with enough calls for the number view to act on them alone
+    #: (its ``min_attempts``: a single-number robot): the number view is the narrower scope,
+    #: the source stays out of it.
     max_heavy_caller_share: float = 0.5
     ttl_s: dict[str, int] = field(default_factory=_default_scope_ttl)
     hysteresis: float = 0.1

@@ -208,7 +208,7 @@ class SourceDetector:
         return whole, ()
 
     def _score(self, key: str, kind: str, state: SourceState) -> Decision | None:
-        feats = features(state, self.cfg.heavy_caller_calls)
+        feats = features(state, self.control.policy.min_attempts)
         state.scored_attempts = state.attempts_total
         metrics.SOURCE_SCORED.labels(kind).inc()
         candidates = self._candidates(key, kind, feats, state)

@@ -80,8 +80,6 @@ class SourceConfig:
     #: partitions, each at its own pace (a replay or a backlog shuffles whole minutes). So
     #: anything inside the window still counts; only what fell out of it is late.
     late_grace_s: float = float(RING_BUCKETS * BUCKET_S)
-    #: A caller with this many calls in the window is one the per-number view judges itself.
-    heavy_caller_calls: int = 8
     #: Calls in progress remembered per trunk for their segment (in memory only).
     open_calls_cap: int = 4096
 
@@ -90,8 +88,7 @@ class SourceConfig:
         return cls(short_call_s=settings.short_call_s,
                    conversation_s=settings.source_conversation_s,
                    neighbour_tail=settings.source_neighbour_tail,
-                   distinct_cap=settings.source_distinct_cap,
-                   heavy_caller_calls=settings.score_min_attempts)
+                   distinct_cap=settings.source_distinct_cap)
 
 
 def source_kind(key: str) -> str:
@@ -298,9 +295,17 @@ def _ratio(num: float, den: float) -> float:
     return min(num / den, 1.0) if den > 0 else 0.0
 
 
-def features(st: SourceState, heavy_caller_calls: int = SourceConfig.heavy_caller_calls
-             ) -> dict[str, float]:
-    """Feature vector of a source: per segment over the hour, plus who calls through it."""
+#: Calls in the window that make a caller "heavy" unless told otherwise: the number view's
+#: default evidence for enforcing (``Policy.min_attempts``).
+HEAVY_CALLER_CALLS = 30
+
+
+def features(st: SourceState, heavy_caller_calls: int = HEAVY_CALLER_CALLS) -> dict[str, float]:
+    """Feature vector of a source: per segment over the hour, plus who calls through it.
+
+    ``heavy_caller_calls``: a caller with this many calls in the window has enough evidence
+    for the number view to act on it alone (pass the live policy's ``min_attempts``).
+    """
     out: dict[str, float] = {}
     hour = st.window(WINDOWS["1h"])
     ten = st.window(WINDOWS["10m"])
