@@ -31,9 +31,9 @@ from typing import Any, Callable
 from online_models.source_scorer import SourceScorer
 from streams import metrics
 from streams.control import ControlState
-from streams.detector import Origin, Sink, StateStore
-from streams.policy import (ENFORCING, SEVERITY, BlockLimiter, CurrentAction, SourceTarget,
-                            decide_source, source_action)
+from streams.detector import KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore
+from streams.policy import (ENFORCING, SEVERITY, BlockLimiter, CurrentAction, Policy,
+                            SourceTarget, decide_source, source_action)
 from streams.schema import (LABEL_TARGET, Decision, InvalidEvent, Label, ScoreRecord,
                             SourceEvent)
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, UNKNOWN, CallMatch, split_trunk_id
@@ -94,6 +94,8 @@ class SourceDetector:
         self.cache: OrderedDict[str, SourceState] = OrderedDict()
         self.dirty: dict[str, Any] = {}
         self.limiters = {SCOPE_PREFIX: BlockLimiter(), SCOPE_TRUNK: BlockLimiter()}
+        #: Shadow candidate's memory and limiter, per scope (decisions.shadow only).
+        self.shadow_runs: dict[str, ShadowRun] = {}
         self.labels: queue.Queue[Label] = control.label_queue()
         self.last_features: OrderedDict[str, dict[str, float]] = OrderedDict()
         #: key -> (action, policy, until, scope): enforcement, for feedback metrics
@@ -236,6 +238,9 @@ class SourceDetector:
             policy, self.control.allowlist, self.limiters[chosen.source.scope], chosen.source,
             chosen.score, feats, explanation, current, state.hwm_ts, decided_at,
             chosen.prefix, notes, max_action)
+        shadow = self.control.shadow
+        shadow_held = None if shadow is None else self._shadow(
+            shadow, chosen, feats, explanation, state.hwm_ts, decided_at, notes, max_action)
         record_feats = {k: round(v, 4) for k, v in feats.items()}
         record_feats["decision_segment"] = float(chosen.segment)
         self.sink.score(ScoreRecord(
@@ -243,11 +248,12 @@ class SourceDetector:
             anomaly=round(chosen.anomaly, 4), prior=round(chosen.prior, 4),
             classifier=None if chosen.classifier is None else round(chosen.classifier, 4),
             features=record_feats, action=held, policy=policy.name,
-            policy_version=policy.version))
+            policy_version=policy.version, shadow_action=shadow_held,
+            shadow_version=None if shadow is None else shadow.version))
         if decision is None:
             return None
         if decision.dry_run and self.control.dry_run_all:
-            decision.reasons.append("kill switch on: issued as dry-run")
+            decision.reasons.append(KILL_SWITCH_REASON.format(sw=self.control.switches))
         if decision.action in ENFORCING and not decision.dry_run:
             self.actions[decision.number] = (decision.action, decision.policy,
                                              decision.trigger_ts + decision.ttl_s,
@@ -265,6 +271,29 @@ class SourceDetector:
         metrics.DETECTION_LAG.observe(max(decided_at - decision.trigger_ts, 0.0))
         self.sink.decision(decision)
         return decision
+
+    def _shadow(self, shadow: Policy, chosen: Candidate, feats: dict[str, float],
+                explanation: str, trigger_ts: float, decided_at: float,
+                notes: tuple[str, ...], max_action: str) -> str | None:
+        """What the shadow candidate decides for the part of the source the live policy chose;
+        to ``decisions.shadow`` only, with its own limiter and memory per scope (see
+        :class:`streams.detector.ShadowRun`: never the source's state, never a switch)."""
+        scope = chosen.source.scope
+        run = self.shadow_runs.get(scope)
+        if run is None or not run.is_for(shadow):
+            run = self.shadow_runs[scope] = ShadowRun(shadow)
+        decision, held = decide_source(
+            shadow, self.control.allowlist, run.limiter, chosen.source, chosen.score, feats,
+            explanation, run.current(chosen.source.key), trigger_ts, decided_at,
+            chosen.prefix, notes, max_action)
+        if decision is None:
+            return held
+        if decision.dry_run and self.control.dry_run_all:
+            decision.reasons.append(KILL_SWITCH_REASON.format(sw=self.control.switches))
+        run.remember(decision)
+        metrics.SHADOW_DECISIONS.labels(decision.action, decision.policy).inc()
+        self.sink.shadow_decision(decision)
+        return held
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self) -> list[Decision]:

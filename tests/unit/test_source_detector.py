@@ -292,3 +292,23 @@ def test_robot_number_on_two_trunks_of_its_own_is_still_blocked_as_a_number():
     s = Stages()
     s.feed(calls)
     assert {d.target for d in s.enforcing(SCOPE_NUMBER) if d.action == "block"} == {robot}
+
+
+def test_shadow_candidate_judges_sources_on_decisions_shadow_only():
+    rnd = random.Random(13)
+    control = ControlState()
+    live = Policy(version=1)
+    import dataclasses
+    from streams.policy import ScopePolicy, Thresholds
+    candidate = dataclasses.replace(live, version=2, scopes={
+        **live.scopes, "trunk": ScopePolicy(thresholds=Thresholds(0.5, 0.99, 1.0))})
+    control.policies["default"] = live
+    control.shadows["default"] = candidate
+    s = Stages(control=control)
+    s.feed(ordered(robot_calls(GATEWAY, rnd, 600, 3.0, fresh_numbers(rnd))))
+    assert s.enforcing(SCOPE_TRUNK), "the live policy blocks the campaign's trunk"
+    shadow = [d for d in s.src_sink.shadow_decisions if d.scope == SCOPE_TRUNK]
+    assert shadow and {d.action for d in shadow} == {"label"}
+    assert all(d.policy_version == 2 for d in shadow)
+    records = [r for r in s.src_sink.scores if r.number.startswith("trunk:")]
+    assert records[-1].shadow_version == 2 and records[-1].shadow_action == "label"
