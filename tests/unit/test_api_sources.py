@@ -175,3 +175,34 @@ def test_scopes_in_a_policy_are_validated_and_round_trip(tmp_path):
         back = (await r.json())["policy"]
         assert back["version"] == 3 and back["scopes"]["trunk"]["thresholds"]["block"] == 0.9
     Api(tmp_path).run(scenario)
+
+
+def test_cli_allows_blocks_and_lists_trunks_through_the_api(tmp_path, monkeypatch, capsys):
+    import asyncio
+
+    from services.cli import main
+    from tests.unit.api_helpers import TOKENS
+
+    api = Api(tmp_path)
+
+    async def scenario(c):
+        monkeypatch.setenv("DIALGUARD_API_URL", str(c.make_url("")).rstrip("/"))
+        monkeypatch.setenv("DIALGUARD_API_TOKEN", TOKENS["ana"][1])
+        loop = asyncio.get_running_loop()
+
+        async def cli(*argv):
+            return await loop.run_in_executor(None, main, list(argv))
+        assert await cli("allow", "add", "--trunk", "sw-1/bank", "--reason", "bank") == 0
+        assert await cli("source", "block", "trunk", "sw-1/bank", "--reason", "x") == 1
+        assert await cli("source", "block", "trunk", "sw-2/ent-7", "--reason", "campaign",
+                         "--attest", "B,C,none") == 0
+        assert await cli("source", "block", "prefix", "86170123", "--reason", "range") == 0
+        assert await cli("campaigns") == 0
+        assert await cli("allow", "remove", "--trunk", "sw-1/bank", "--reason", "gone") == 0
+    api.run(scenario)
+    out, err = capsys.readouterr()
+    assert "is protected" in err and "HTTP 409" in err
+    assert "calls entering through trunk sw-2/ent-7 with attestation B/C/none" in out
+    assert "every caller number starting 86170123" in out
+    assert "removed trunk sw-1/bank" in out
+    assert api.views.allow.entries == {}
