@@ -42,12 +42,14 @@ def check_trunk(raw: Any) -> str:
     if not all(c.isprintable() and not c.isspace() for c in tid):
         raise BadRequest("trunk id must be printable characters without spaces")
     try:
-        switch, trunk = split_trunk_id(tid)
+        _, trunk = split_trunk_id(tid)
     except ScopeError as exc:
         raise BadRequest(str(exc)) from None
-    if UNKNOWN in (switch, trunk):
-        raise BadRequest(f"trunk id {tid!r} names an unknown switch or trunk ({UNKNOWN!r}): "
-                         "no switch can match it")
+    if trunk == UNKNOWN:
+        raise BadRequest(f"trunk id {tid!r} names an unknown trunk ({UNKNOWN!r}): no switch "
+                         "can match it")
+    # A switch of UNKNOWN is allowed: ``-/<trunk>`` is that trunk on any switch (calls that
+    # named a trunk but no switch).
     return tid
 
 

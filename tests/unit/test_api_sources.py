@@ -21,7 +21,7 @@ def test_allowlist_takes_trunks_and_checks_ranges(tmp_path):
         for body, message in [({"trunk": "sw-2", "reason": "x"}, "<switch>/<trunk>"),
                               ({"trunk": "sw 2/t", "reason": "x"}, "without spaces"),
                               ({"trunk": "sw/" + "t" * 200, "reason": "x"}, "longer than"),
-                              ({"trunk": "-/t1", "reason": "x"}, "unknown switch"),
+                              ({"trunk": "sw-1/-", "reason": "x"}, "unknown trunk"),
                               ({"trunk": "sw/t", "number": "8613800138000", "reason": "x"},
                                "not both"),
                               ({"number": "86", "prefix": True, "reason": "x"}, "too short"),

@@ -69,14 +69,18 @@ def test_legit_numbers_uses_the_latest_label():
 
 
 # -- sources (issue 10): ranges and trunks go through decide_source with the scope's policy -----
+#: Feature names as streams/source_features.py writes them (per segment prefix "", "nb_",
+#: "uv_"; callees for the whole source), covering the gates of decide_source.
 SOURCE_FEATS = {"attempts_1h": 500.0, "distinct_callers_1h": 300.0,
                 "distinct_callees_1h": 480.0, "settled_1h": 450.0,
-                "conversation_share_1h": 0.0, "conversations_1h": 0.0, "protected_1h": 0.0}
+                "conversation_share_1h": 0.0, "conversations_1h": 0.0, "protected_1h": 0.0,
+                "heavy_caller_share_1h": 0.0}
 #: A trunk people talk on (whole trunk fails the conversation gate) whose unverified calls
 #: are a robot's (segment "uv_" passes it); the source stage scored segment 2.
 MIXED_TRUNK = {**SOURCE_FEATS, "conversation_share_1h": 0.3, "conversations_1h": 150.0,
-               "uv_attempts_1h": 400.0, "uv_settled_1h": 380.0,
+               "uv_attempts_1h": 400.0, "uv_settled_1h": 380.0, "uv_distinct_callers_1h": 250.0,
                "uv_conversation_share_1h": 0.0, "uv_conversations_1h": 0.0,
+               "uv_heavy_caller_share_1h": 0.0, "uv_protected_1h": 0.0,
                "decision_segment": 2.0}
 
 
@@ -129,3 +133,19 @@ def test_protected_sources_are_never_enforced_and_ranges_count_legit_numbers_ins
     assert r["by_scope"]["trunk"]["current"] == {"label": 0, "rate_limit": 0, "block": 0}
     # the blocked range holds a caller labelled legitimate: an estimated false positive
     assert r["estimated_false_positives"] == {"current": 1, "candidate": 1}
+
+
+def test_segments_agree_with_the_source_stage():
+    """What-if rebuilds a trunk segment from ``decision_segment``; the source stage defines
+    them (skipped where the source stage is not in the tree yet)."""
+    import pytest
+
+    features = pytest.importorskip("streams.source_features", exc_type=ImportError)
+    detector = pytest.importorskip("streams.source_detector", exc_type=ImportError)
+    from services.api import whatif
+
+    assert [whatif.SEGMENT_PREFIXES[i] for i in range(len(features.SEGMENT_PREFIX))] == \
+        list(features.SEGMENT_PREFIX)
+    assert (features.SEG_ALL, features.SEG_NEIGHBOUR, features.SEG_UNVERIFIED) == \
+        (whatif.SEGMENT_ALL, whatif.SEGMENT_NEIGHBOUR, whatif.SEGMENT_UNVERIFIED)
+    assert detector.UNVERIFIED_MATCH.attest == whatif.UNVERIFIED_ATTEST
