@@ -378,6 +378,10 @@ def call_rows(results: list[RunResult]) -> list[CallSummary]:
     return sorted(rows, key=lambda s: (not s.robot, s.label))
 
 
+def _seconds(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
 def _scopes(counts: Counter[str]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(counts.items())) or "-"
 
@@ -394,7 +398,7 @@ def format_call_table(rows: list[CallSummary]) -> str:
             lines.append(
                 f"{r.label:<14}{'robot':>6}{r.calls:>10,}{r.stopped:>9,}{100 * r.share:>11.2f}"
                 f"{100 * r.late_share:>8.2f}{f'{caught}/{len(r.groups)}':>10}"
-                f"{_pct(stops, 0.5):>15.0f}{_pct(stops, 0.9):>8.0f}{'':>13}  "
+                f"{_seconds(_pct(stops, 0.5)):>15}{_seconds(_pct(stops, 0.9)):>8}{'':>13}  "
                 f"{_scopes(r.by_scope)}")
         else:
             verdict = "ok" if r.share <= LEGIT_STOPPED_TARGET else "OVER"
