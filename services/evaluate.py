@@ -44,13 +44,14 @@ from pathlib import Path
 from online_models.scorer import NuisanceScorer
 from services.eval_coverage import CoverageIndex
 from services.settings import Settings
-from services.simulator import (EMERGENCY, EMERGENCY_NUMBERS, SCENARIOS, SPOOFING_POPULATIONS,
-                                Scenario, Simulation, TruthEntry)
+from services.simulator import (EMERGENCY, EMERGENCY_NUMBERS, NEIGHBOUR, POOL, ROTATING,
+                                SCENARIOS, SPOOFING_POPULATIONS, Scenario, Simulation,
+                                TruthEntry)
 from streams.control import ControlState
 from streams.detector import DictStore, Detector, MemorySink
 from streams.policy import ENFORCING
 from streams.schema import Decision, SignalingEvent
-from streams.scope import SCOPE_NUMBER, SCOPES
+from streams.scope import SCOPE_NUMBER, SCOPES, trunk_id
 
 DEFAULT_SCENARIOS = ("default", "campaigns", "slow_robots", "snowshoe_heavy", "collections",
                      "bursty_humans")
@@ -61,6 +62,8 @@ EPOCH = 1_800_000_000.0
 FLUSH_EVERY = 2000
 #: A campaign's calls after its first this many seconds are the ones detection should stop.
 CAMPAIGN_SETTLE_S = 600.0
+#: Robots shown campaign by campaign: the ones only source decisions can stop (issue 10).
+CAMPAIGN_TABLE_POPULATIONS = (ROTATING, NEIGHBOUR, POOL)
 #: Legitimate calls stopped, at most (as a fraction: 0.01 %).
 LEGIT_STOPPED_TARGET = 0.0001
 MATCH_SUFFIX = "+match"
@@ -90,6 +93,8 @@ class CampaignCalls:
     late_stopped: int = 0
     #: Stopped calls by the scope of the decision that stopped them.
     by_scope: Counter[str] = field(default_factory=Counter)
+    #: Trunks (``<switch>/<trunk>``) the calls entered through (bounded by the network's size).
+    trunks: set[str] = field(default_factory=set)
 
     def add(self, ts: float, hit: Decision | None) -> None:
         if self.calls == 0:
@@ -124,6 +129,7 @@ class CallLedger:
         if group is None:
             group = self.groups[key] = CampaignCalls(who.population, who.campaign, who.robot)
         group.add(ev.ts, hit)
+        group.trunks.add(trunk_id(ev.switch, ev.trunk))
         if ev.callee in EMERGENCY_NUMBERS or who.population == EMERGENCY:
             self.emergency_calls += 1
             self.emergency_stopped += hit is not None
@@ -408,6 +414,28 @@ def format_call_table(rows: list[CallSummary]) -> str:
     return "\n".join(lines)
 
 
+def format_campaign_table(results: list[RunResult]) -> str:
+    """Issue 10's robot campaigns one by one (same scenario and campaign id over seeds), with
+    the trunk they came in on, so a campaign detection misses can be found and replayed."""
+    by_campaign: dict[tuple[str, str], list[CampaignCalls]] = defaultdict(list)
+    for r in results:
+        for g in r.calls.values():
+            if g.population in CAMPAIGN_TABLE_POPULATIONS:
+                by_campaign[(r.scenario, g.campaign)].append(g)
+    head = (f"{'scenario':<16}{'campaign':<14}{'trunk':<22}{'calls':>9}{'stopped %':>10}"
+            f"{'late %':>8}{'seeds caught':>13}{'1st stop p50 s':>15}")
+    lines = [head, "-" * len(head)]
+    for (scenario, campaign), groups in sorted(by_campaign.items()):
+        s = CallSummary(campaign, True, groups)
+        trunks = sorted(set().union(*(g.trunks for g in groups)))
+        trunk = trunks[0] if len(trunks) == 1 else f"{len(trunks)} trunks"
+        caught = sum(1 for g in groups if g.stopped)
+        lines.append(f"{scenario:<16}{campaign:<14}{trunk:<22}{s.calls:>9,}"
+                     f"{100 * s.share:>10.2f}{100 * s.late_share:>8.2f}"
+                     f"{f'{caught}/{len(groups)}':>13}{_seconds(_pct(s.first_stops, 0.5)):>15}")
+    return "\n".join(lines)
+
+
 def format_run_call_table(results: list[RunResult]) -> str:
     head = (f"{'run':<28}{'robot calls':>12}{'stopped %':>10}{'late %':>8}"
             f"{'legit calls':>12}{'stopped':>8}{'stopped %':>10}{'emergency stopped':>18}")
@@ -536,6 +564,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print("\nPer call, per population (all runs; campaigns = caught/total; 1st stop = from a "
           "campaign's first call to its first stopped call, over caught campaigns)")
     print(format_call_table(call_rows(results)))
+    print("\nPer campaign, robots only source decisions can stop (over seeds)")
+    print(format_campaign_table(results))
     print()
     print(legit_verdict(results))
     print("\nDecisions published, by scope (all runs; +match = a trunk or range narrowed to "

@@ -308,10 +308,11 @@ class OtpService(WeightedCallers):
 # Building them
 # =============================================================================================
 def interconnect_lines(sim: "Simulation") -> list[Line]:
-    """The interconnect trunks: the scenario's, or one (empty of people) for neighbour
-    campaigns to arrive on when the scenario has none."""
-    p = sim.scenario.interconnect
-    count = max(p.trunks, 1 if sim.scenario.neighbour.campaigns else 0)
+    """The interconnect trunks: the scenario's, or one (empty of people) for neighbour or
+    rotating campaigns to arrive on when the scenario has none."""
+    sc = sim.scenario
+    p = sc.interconnect
+    count = max(p.trunks, 1 if sc.neighbour.campaigns or sc.rotating.via_interconnect else 0)
     return [Network.interconnect(f"carrier-{k}",
                                  ISUP if k >= count - p.isup_trunks else SIP)
             for k in range(count)]
@@ -320,13 +321,15 @@ def interconnect_lines(sim: "Simulation") -> list[Line]:
 def build(sim: "Simulation") -> tuple[list[BurstDialer], list[Actor]]:
     """(robot dialers, legitimate actors) of the scenario's issue-10 populations."""
     interconnects = interconnect_lines(sim)
-    return (_rotating(sim) + _neighbours(sim, interconnects) + _pools(sim),
+    return (_rotating(sim, interconnects) + _neighbours(sim, interconnects) + _pools(sim),
             _pbxs(sim) + _otps(sim) + _interconnect_people(sim, interconnects))
 
 
-def _rotating(sim: "Simulation") -> list[BurstDialer]:
+def _rotating(sim: "Simulation", interconnects: list[Line]) -> list[BurstDialer]:
     p = sim.scenario.rotating
-    return [RotatingCampaign(f"rotating-{i}", Network.gateway(f"rot-{i}"),
+    own = p.campaigns - min(p.via_interconnect, p.campaigns)
+    return [RotatingCampaign(f"rotating-{i}", Network.gateway(f"rot-{i}") if i < own
+                             else interconnects[i % len(interconnects)],
                              ROBOT_ATTEST_CYCLE[(i + 1) % len(ROBOT_ATTEST_CYCLE)],
                              sim.rng(ROTATING, i), p)
             for i in range(p.campaigns)]

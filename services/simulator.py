@@ -343,6 +343,10 @@ class RotatingCampaigns:
     unallocated: tuple[float, float] = (0.05, 0.35)
     #: Share of calls that show a real subscriber's number instead of a made-up one.
     real_share: tuple[float, float] = (0.1, 0.5)
+    #: The last this many campaigns come in over an interconnect trunk shared with other
+    #: carriers' people (a transit carrier that takes anyone's traffic) instead of a trunk
+    #: of their own.
+    via_interconnect: int = 0
 
 
 @dataclass(frozen=True)
@@ -494,7 +498,7 @@ class Scenario:
         banks' OTP services, interconnect people and call centers on enterprise trunks.
         """
         return cls(robocallers=Robocallers(count=2), scanners=Scanners(count=1),
-                   rotating=RotatingCampaigns(campaigns=3),
+                   rotating=RotatingCampaigns(campaigns=3, via_interconnect=1),
                    neighbour=NeighbourCampaigns(campaigns=2),
                    pools=NumberPools(pools=3),
                    pbx=CompanyPbxs(companies=2),

@@ -95,9 +95,9 @@ def test_eval_command_prints_tables_and_writes_plot(tmp_path, capsys):
     assert run(args, Settings.from_env({})) == 0
     out = capsys.readouterr().out
     assert "precision" in out and "robocaller" in out and "small seed 5" in out
-    for text in ("Per call, per population", "rotating", "neighbour", "otp", "pbx",
-                 "interconnect", "legitimate calls stopped: 0 of", "emergency calls stopped: 0",
-                 "Decisions published, by scope", "trunk"):
+    for text in ("Per call, per population", "Per campaign", "rotating-0", "neighbour", "otp",
+                 "pbx", "interconnect", "legitimate calls stopped: 0 of",
+                 "emergency calls stopped: 0", "Decisions published, by scope", "trunk"):
         assert text in out, text
     assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
 

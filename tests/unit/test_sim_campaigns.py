@@ -211,6 +211,11 @@ def test_campaigns_scenario_has_several_of_each_robot_and_every_look_alike():
     for population in (PBX, OTP, INTERCONNECT, "call_center"):
         assert campaigns[population], population
     assert "campaigns" in simulator.SCENARIOS
+    trunks = defaultdict(set)
+    for ev, who in pairs:
+        trunks[who.population].add(ev.trunk)
+    assert trunks[ROTATING] & trunks[INTERCONNECT]  # one campaign hides among people
+    assert {ev.proto for ev, who in pairs if who.population == NEIGHBOUR} == {"sip", "isup"}
 
 
 # --- the CLI's per-call truth file -----------------------------------------------------------
