@@ -74,13 +74,13 @@ def test_legit_numbers_uses_the_latest_label():
 SOURCE_FEATS = {"attempts_1h": 500.0, "distinct_callers_1h": 300.0,
                 "distinct_callees_1h": 480.0, "settled_1h": 450.0,
                 "conversation_share_1h": 0.0, "conversations_1h": 0.0, "protected_1h": 0.0,
-                "heavy_caller_share_1h": 0.0}
+                "heavy_caller_share_1h": 0.0, "talkers_1h": 0.0, "observed_s": 3600.0}
 #: A trunk people talk on (whole trunk fails the conversation gate) whose unverified calls
 #: are a robot's (segment "uv_" passes it); the source stage scored segment 2.
 MIXED_TRUNK = {**SOURCE_FEATS, "conversation_share_1h": 0.3, "conversations_1h": 150.0,
                "uv_attempts_1h": 400.0, "uv_settled_1h": 380.0, "uv_distinct_callers_1h": 250.0,
                "uv_conversation_share_1h": 0.0, "uv_conversations_1h": 0.0,
-               "uv_heavy_caller_share_1h": 0.0, "uv_protected_1h": 0.0,
+               "uv_heavy_caller_share_1h": 0.0, "uv_protected_1h": 0.0, "uv_talkers_1h": 0.0,
                "decision_segment": 2.0}
 
 
