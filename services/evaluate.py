@@ -42,12 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from online_models.scorer import NuisanceScorer
+from online_models.source_scorer import SourceScorer
 from services.eval_coverage import CoverageIndex
 from services.settings import Settings
 from services.simulator import (EMERGENCY, EMERGENCY_NUMBERS, NEIGHBOUR, POOL, ROTATING,
                                 SCENARIOS, SPOOFING_POPULATIONS, Scenario, Simulation,
                                 TruthEntry)
 from streams.control import ControlState
+from streams.source_detector import SourceDetector
 from streams.detector import DictStore, Detector, MemorySink
 from streams.policy import ENFORCING
 from streams.schema import Decision, SignalingEvent
@@ -230,10 +232,16 @@ def run_one(scenario: str, seed: int, hours: float, settings: Settings) -> RunRe
     published it, before the next attempt is judged.
     """
     sim = Simulation(Scenario.named(scenario), seed, EPOCH)
+    control = ControlState(settings.policy_name)
     sink = MemorySink()
+    # Both stages of the worker, in process: the number stage re-keys every accepted event
+    # straight into the source stage (in the worker, through signaling.sources); both publish
+    # into the same sink, so coverage sees every decision whatever its scope.
+    sources = SourceDetector(settings, SourceScorer(), control, sink, DictStore(),
+                             wall_clock=lambda: 0.0)
+    sink.on_source = sources.fold
     detector = Detector(settings, NuisanceScorer(anomaly_weight=settings.anomaly_weight),
-                        ControlState(settings.policy_name), sink, DictStore(),
-                        wall_clock=lambda: 0.0)
+                        control, sink, DictStore(), wall_clock=lambda: 0.0)
     coverage = CoverageIndex()
     calls = CallLedger()
     numbers = NumberLedger()
@@ -257,9 +265,11 @@ def run_one(scenario: str, seed: int, hours: float, settings: Settings) -> RunRe
         detector.fold(ev)
         if n % FLUSH_EVERY == 0:
             detector.flush()
+            sources.flush()
         if len(sink.decisions) > upto:
             upto = record()
     detector.flush()
+    sources.flush()
     record()
     outcomes, left_out = numbers.judged(sink)
     return RunResult(scenario, seed, n, time.perf_counter() - started, outcomes, calls.groups,

@@ -149,10 +149,13 @@ class ScopePolicy:
 
 
 def _default_scopes() -> dict[str, ScopePolicy]:
-    """A whole trunk tolerates fewer conversations than a range before it is spared: the
-    people on a shared trunk are a small share of its calls, and a trunk block cuts them all."""
-    return {SCOPE_PREFIX: ScopePolicy(),
-            SCOPE_TRUNK: ScopePolicy(max_conversation_share=0.01, max_talkers=3)}
+    """A whole trunk tolerates fewer conversations (and talkers) than a range before it is
+    spared: the people on a shared trunk are a small share of its calls, and a trunk block cuts
+    them all. A range acts on less volume: a pool of numbers in one block dials slowly, and a
+    range of people cannot make 50 calls without one real conversation."""
+    return {SCOPE_PREFIX: ScopePolicy(min_attempts=50, min_callees=30, min_outcomes=30),
+            SCOPE_TRUNK: ScopePolicy(min_attempts=50, min_callees=30, min_outcomes=30,
+                                     max_talkers=3)}
 
 
 def _check_ttls(ttl_s: Mapping[str, Any], where: str) -> None:
@@ -553,6 +556,8 @@ SRC_PROTECTED = "protected_1h"
 SRC_CONVERSATIONS = "conversations_1h"
 SRC_HEAVY = "heavy_caller_share_1h"
 SRC_TALKERS = "talkers_1h"
+SRC_ATTEMPTS_DAY = "attempts_24h"
+SRC_CONVERSATIONS_DAY = "conversations_24h"
 SRC_SPAN = "observed_s"
 #: The action that lifts an enforcement in force (published like any decision).
 UNBLOCK = "unblock"
@@ -594,6 +599,12 @@ def people_on_source(sp: ScopePolicy, feats: Mapping[str, float], segment: str =
     if conversation > sp.max_conversation_share and (not seen or talks > sp.max_talkers):
         return (f"up to {100 * conversation:.1f}% of calls are real conversations > "
                 f"{100 * sp.max_conversation_share:.1f}%: people call through it")
+    day_talks = feats.get(segment + SRC_CONVERSATIONS_DAY, 0.0)
+    day = (day_talks + 1.0) / (feats.get(segment + SRC_ATTEMPTS_DAY, 0.0) + 1.0)
+    if day > sp.max_conversation_share and day_talks > sp.max_talkers:
+        return (f"{100 * day:.1f}% of its calls in the last day were real conversations > "
+                f"{100 * sp.max_conversation_share:.1f}%: people call through it, if not "
+                "this hour")
     if feats.get(segment + SRC_TALKERS, 0.0) > sp.max_talkers:
         return (f"{feats.get(segment + SRC_TALKERS, 0.0):.0f} callers held real "
                 f"conversations > {sp.max_talkers}: people call through it")

@@ -45,6 +45,10 @@ BUCKET_S = 300
 #: Window lengths in buckets; names are used in feature keys and reasons.
 WINDOWS: dict[str, int] = {"10m": 2, "1h": 12}
 RING_BUCKETS = max(WINDOWS.values())
+#: A day of calls and conversations per segment, in hourly buckets: people who share a trunk
+#: with a campaign may all be asleep in the hour it dials, but not all day.
+DAY_HOURS = 24
+HOUR_S = 3600
 #: State format version, first element of the serialised list (a new field bumps it; readers
 #: of an older version fill defaults, see :meth:`SourceState.from_bytes`).
 STATE_VERSION = 1
@@ -113,7 +117,8 @@ def _remember(d: dict[int, int], key: int, bucket: int, cap: int) -> None:
 class SourceState:
     """Windowed counters of one trunk or range plus the decision the policy holds for it."""
 
-    __slots__ = ("segments", "hwm_ts", "first_ts", "buckets", "callers", "callees", "ranges",
+    __slots__ = ("segments", "hwm_ts", "first_ts", "buckets", "hours", "callers", "callees",
+                 "ranges",
                  "attempts_total", "scored_attempts", "action", "action_until",
                  "action_score", "action_dry", "action_match", "open_calls")
 
@@ -124,6 +129,8 @@ class SourceState:
         self.first_ts = 0.0
         #: bucket index -> segments * N_SLOTS counters
         self.buckets: dict[int, list[float]] = {}
+        #: hour index -> [attempts, conversations] per segment, over the last day
+        self.hours: dict[int, list[int]] = {}
         #: caller key -> [last bucket, attempts, segment bits, conversations] (distinct
         #: callers per segment, callers seen once, calls from numbers busy enough for the
         #: number view, callers who held a real conversation: "talkers", i.e. people)
@@ -167,6 +174,13 @@ class SourceState:
             talker = self.callers.get(_key32(ev.caller))
             if talker is not None:
                 talker[3] += 1
+        if kind == "attempt" or (kind == "release" and
+                                 (ev.duration_s or 0.0) >= cfg.conversation_s):
+            hour = self.hours.get(int(ev.ts // HOUR_S))
+            if hour is None:
+                hour = self.hours[int(ev.ts // HOUR_S)] = [0] * (2 * self.segments)
+            for seg in segs:
+                hour[2 * seg + (kind != "attempt")] += 1
         for seg in segs:
             b = seg * N_SLOTS
             if kind == "attempt":
@@ -240,6 +254,9 @@ class SourceState:
             _remember(self.ranges, _key32(rng), bucket_no, cfg.distinct_cap)
 
     def _evict(self, now_bucket: int) -> None:
+        day_horizon = now_bucket * BUCKET_S // HOUR_S - DAY_HOURS
+        for h in [h for h in self.hours if h <= day_horizon]:
+            del self.hours[h]
         horizon = now_bucket - RING_BUCKETS
         stale = [b for b in self.buckets if b <= horizon]
         for b in stale:
@@ -278,6 +295,7 @@ class SourceState:
         return orjson.dumps([
             STATE_VERSION, self.segments, self.hwm_ts, self.first_ts,
             [[b, *v] for b, v in self.buckets.items()],
+            [[h, *v] for h, v in self.hours.items()],
             [[k, *e] for k, e in self.callers.items()], list(self.callees.items()),
             list(self.ranges.items()), self.attempts_total, self.scored_attempts, self.action,
             self.action_until, self.action_score, self.action_dry, self.action_match,
@@ -288,11 +306,12 @@ class SourceState:
         row = orjson.loads(raw)
         if not isinstance(row, list) or not row or row[0] != STATE_VERSION:
             raise ValueError(f"source state of an unknown version: {raw[:40]!r}")
-        (_, segments, hwm, first, buckets, callers, callees, ranges, total, scored, action,
-         until, score, dry, match) = row
+        (_, segments, hwm, first, buckets, hours, callers, callees, ranges, total, scored,
+         action, until, score, dry, match) = row
         st = cls(segments)
         st.hwm_ts, st.first_ts = hwm, first
         st.buckets = {int(r[0]): list(r[1:]) for r in buckets}
+        st.hours = {int(r[0]): [int(v) for v in r[1:]] for r in hours}
         st.callers = {int(r[0]): [int(r[1]), int(r[2]), int(r[3]), int(r[4])]
                       for r in callers}
         st.callees = {int(k): int(b) for k, b in callees}
@@ -323,6 +342,10 @@ def features(st: SourceState, heavy_caller_calls: int = HEAVY_CALLER_CALLS) -> d
     ten = st.window(WINDOWS["10m"])
     start = st.hwm_bucket - WINDOWS["1h"]
     callers = [e for e in st.callers.values() if e[0] > start]
+    day = [0] * (2 * st.segments)
+    for values in st.hours.values():
+        for i, v in enumerate(values):
+            day[i] += v
     for seg in range(st.segments):
         p = SEGMENT_PREFIX[seg]
         w = hour[seg * N_SLOTS:(seg + 1) * N_SLOTS]
@@ -353,6 +376,8 @@ def features(st: SourceState, heavy_caller_calls: int = HEAVY_CALLER_CALLS) -> d
         out[p + "heavy_caller_share_1h"] = _ratio(
             sum(e[1] for e in mine if e[1] >= heavy_caller_calls), attempts)
         out[p + "talkers_1h"] = float(sum(1 for e in mine if e[3] > 0))
+        out[p + "attempts_24h"] = float(day[2 * seg])
+        out[p + "conversations_24h"] = float(day[2 * seg + 1])
     out["observed_s"] = min(st.hwm_ts - st.first_ts, float(RING_BUCKETS * BUCKET_S))
     out["callers_once_share_1h"] = _ratio(sum(1 for e in callers if e[1] == 1), len(callers))
     out["distinct_callees_1h"] = float(sum(1 for b in st.callees.values() if b > start))

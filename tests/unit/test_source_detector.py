@@ -251,7 +251,7 @@ def test_policy_scopes_are_validated():
     with pytest.raises(PolicyError, match=r"scopes.prefix.thresholds"):
         Policy.from_dict({"scopes": {"prefix": {"thresholds": {"block": 0.1}}}})
     p = Policy.from_dict({"scopes": {"trunk": {"min_attempts": 500}}})
-    assert p.scope("trunk").min_attempts == 500 and p.scope("prefix").min_attempts == 100
+    assert p.scope("trunk").min_attempts == 500 and p.scope("prefix").min_attempts == 50
     assert Policy.from_dict(p.to_dict()) == p
 
 
