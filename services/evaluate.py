@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from online_models.scorer import NuisanceScorer
 from online_models.source_scorer import SourceScorer
@@ -540,6 +543,21 @@ def plot(results: list[RunResult], path: Path) -> None:
 # =============================================================================================
 # CLI
 # =============================================================================================
+class _InProcess:
+    """``--jobs 1``: the executor interface, running each run at once in this process."""
+
+    def __enter__(self) -> "_InProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
                         help=f"comma separated, from: {', '.join(SCENARIOS)} "
@@ -548,6 +566,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma separated simulator seeds")
     parser.add_argument("--hours", type=float, default=DEFAULT_HOURS,
                         help="simulated hours per run")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="runs simulated at once, one process each (default: one per CPU; "
+                             "results do not depend on it)")
     parser.add_argument("--plot", type=Path, default=None,
                         help="PNG with score distributions, time to block and calls stopped "
                              "per population (default <DIALGUARD_HOME>/eval/eval.png)")
@@ -558,16 +579,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for name in scenarios:
         Scenario.named(name)  # fail fast on a typo
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    results: list[RunResult] = []
-    total = len(scenarios) * len(seeds)
+    runs = [(n, s) for n in scenarios for s in seeds]
+    total = len(runs)
     wall = time.perf_counter()
-    for i, (name, seed) in enumerate(((n, s) for n in scenarios for s in seeds), start=1):
-        print(f"[{i}/{total}] scenario {name} seed {seed}: {args.hours:g} simulated hours ...",
-              file=sys.stderr, flush=True)
-        r = run_one(name, seed, args.hours, settings)
-        print(f"[{i}/{total}] {r.events:,} events in {r.seconds:.1f}s", file=sys.stderr,
-              flush=True)
-        results.append(r)
+    jobs = max(1, min(args.jobs, total))
+    print(f"{total} runs of {args.hours:g} simulated hours, {jobs} at a time ...",
+          file=sys.stderr, flush=True)
+    done: dict[tuple[str, int], RunResult] = {}
+    with ProcessPoolExecutor(jobs) if jobs > 1 else _InProcess() as pool:
+        futures = {pool.submit(run_one, name, seed, args.hours, settings): (name, seed)
+                   for name, seed in runs}
+        for i, future in enumerate(as_completed(futures), start=1):
+            r = future.result()
+            done[futures[future]] = r
+            print(f"[{i}/{total}] scenario {r.scenario} seed {r.seed}: {r.events:,} events in "
+                  f"{r.seconds:.1f}s", file=sys.stderr, flush=True)
+    results = [done[run] for run in runs]  # in the order asked, whatever finished first
     print("\nPer call, per run (stopped = covered by a live rate_limit/block of any scope at "
           "its attempt; late = after a campaign's first 10 minutes)")
     print(format_run_call_table(results))
