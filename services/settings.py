@@ -183,6 +183,15 @@ class Settings:
     adapter_retry_initial_s: float = 0.2
     adapter_retry_max_s: float = 5.0
     adapter_pending_retry_s: float = 10.0
+    #: Scoped decisions (issue 10, services/switch_entries.py): htables of caller ranges and
+    #: trunks, INVITEs per rate window a rate-limited range or trunk keeps (a trunk carries many
+    #: callers, so more than one number), and the shortest range the adapter applies (shorter
+    #: is refused with an ack: it would be a number block, not a robot's pool).
+    adapter_htable_prefix: str = "prefix"
+    adapter_htable_trunk: str = "trunk"
+    adapter_prefix_rate_limit_calls: int = 30
+    adapter_trunk_rate_limit_calls: int = 60
+    adapter_prefix_min_digits: int = 5
     #: Kamailio for ``make run`` / tests (services/kamailio_process.py): SIP port and next hop.
     kamailio_sip_port: int = 5060
     kamailio_dest_uri: str = "sip:127.0.0.1:5080"
