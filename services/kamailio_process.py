@@ -34,6 +34,15 @@ SHM_MB = 64
 PKG_MB = 8
 
 
+def emergency_regex() -> str:
+    """Callees the switch never screens: the emergency numbers of the policy's built-in
+    allowlist, so the worker and the switch protect the same ones."""
+    from streams.policy import BUILTIN_ALLOW
+
+    numbers = sorted(n for n, why in BUILTIN_ALLOW.items() if why.startswith("emergency"))
+    return "^(" + "|".join(numbers) + ")$"
+
+
 def kamailio_string(value: str) -> str:
     """``value`` as a Kamailio config string token (for a ``-A NAME="..."`` define)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -92,6 +101,7 @@ class KamailioProcess:
     country_code: str = "86"
     capture_id: int = 1
     rate_window_s: int = 60
+    prefix_min_digits: int = 5
     extra_defines: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -111,7 +121,8 @@ class KamailioProcess:
         return cls(run_dir=run_dir or settings.run_dir / "kamailio", hep_port=settings.hep_port,
                    dest_uri=settings.kamailio_dest_uri, redress=settings.redress_contact,
                    sip_port=settings.kamailio_sip_port, http_port=rpc.port,
-                   country_code=settings.country_code)
+                   country_code=settings.country_code,
+                   prefix_min_digits=settings.adapter_prefix_min_digits)
 
     @property
     def rpc_url(self) -> str:
@@ -140,6 +151,8 @@ class KamailioProcess:
             "COUNTRY_CODE": kamailio_string(self.country_code),
             "REDRESS": kamailio_string(self.redress),
             "RATE_WINDOW_S": str(self.rate_window_s),
+            "PREFIX_MIN_DIGITS": str(self.prefix_min_digits),
+            "EMERGENCY": kamailio_string(emergency_regex()),
         }
         if self.unalloc_prefix:
             out["UNALLOC_PREFIX"] = kamailio_string(self.unalloc_prefix)
