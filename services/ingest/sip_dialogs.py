@@ -35,6 +35,11 @@ What the tracker chose where the issue left a choice (README "SIP and HEP ingest
 * The Identity header's PASSporT ``attest`` claim is read *without* verifying the signature or
   the certificate: dialguard is not the verification service, it only records what the call
   claimed (a verification service on the switch is where the signature is checked).
+* ``trunk`` is the trunk the INVITE entered through, by the same rule as the switch
+  (``route[TRUNK]`` of services/kamailio/dialguard.cfg), so trunk decisions made from these
+  events match the calls the switch screens: the RFC 4904 originating trunk group (``tgrp``) in
+  the Contact URI (user part or URI parameter), else the source address the capture gives
+  (:func:`trunk_of`).
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class SipMessage:
     caller: str = ""  # INVITE only: P-Asserted-Identity user, else From user
     callee: str = ""  # INVITE only: Request-URI user, else To user
     attest: str | None = None
-    trunk: str | None = None  # where the message came from (e.g. the peer's IP)
+    trunk: str | None = None  # INVITE: trunk_of(); else where it came from (the peer's IP)
     switch: str | None = None  # who captured it
 
 
@@ -169,6 +174,43 @@ def parse_sip(payload: bytes, ts: float, trunk: str | None = None,
             from None
 
 
+#: RFC 4904 trunk group parameter.
+TGRP = "tgrp"
+
+
+def contact_tgrp(contact: str) -> str | None:
+    """The RFC 4904 trunk group of a Contact header value, or None.
+
+    An originating switch names the trunk group a call left it on in the Contact URI: in the
+    user part (``<sip:+8613800138000;tgrp=TG-1;trunk-context=peer.example@host>``, RFC 4904's
+    form) or, as many trunks do, as a URI parameter (``<sip:8613800138000@host;tgrp=TG-1>``).
+    The user part wins, as in dialguard.cfg; an empty ``tgrp`` counts as none.
+    """
+    text = contact.strip()
+    if "<" in text:
+        text = text[text.find("<") + 1:].split(">", 1)[0]
+    else:
+        text = text.split(",", 1)[0]
+    text = text.split("?", 1)[0]
+    _, colon, rest = text.partition(":")
+    if not colon:
+        return None
+    user, at, hostpart = rest.rpartition("@")
+    candidates = ([user.split(";")[1:]] if at else []) + [hostpart.split(";")[1:]]
+    for params in candidates:
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == TGRP and value.strip():
+                return value.strip()
+    return None
+
+
+def trunk_of(contact: str | None, source: str | None) -> str | None:
+    """Trunk of an INVITE: its Contact's ``tgrp`` (:func:`contact_tgrp`), else ``source``
+    (the address the request came from: HEP source IP, pcap ``ip.src``)."""
+    return (contact_tgrp(contact) if contact else None) or source
+
+
 def _param(header: str, name: str) -> str | None:
     """A header parameter after the URI (``;tag=...``), without parsing the whole address."""
     tail = header.rsplit(">", 1)[-1] if ">" in header else header
@@ -195,6 +237,7 @@ def _identify(msg: Request, out: SipMessage, to: str) -> None:
         raise SipError(REASON_NO_CALLER, "INVITE without a user in P-Asserted-Identity or From")
     if not out.callee:
         raise SipError(REASON_NO_CALLEE, "INVITE without a user in the Request-URI or To")
+    out.trunk = trunk_of(msg.headers.get("Contact"), out.trunk)
     for identity in msg.headers.getlist("Identity"):
         out.attest = passport_attest(identity)
         if out.attest:
