@@ -161,3 +161,23 @@ def test_make_run_kamailio_follows_the_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
         KamailioProcess.for_settings(Settings.from_env(
             environ={}, kamailio_rpc_url="http://10.0.0.5/RPC"))
+
+
+def test_cfg_never_screens_the_policys_emergency_numbers() -> None:
+    """The cfg's default EMERGENCY and the define kamailio_process passes are the emergency
+    numbers of the policy's built-in allowlist: worker and switch protect the same callees."""
+    import re
+
+    from services.kamailio_process import CONFIG, emergency_regex
+    from streams.policy import BUILTIN_ALLOW
+
+    default = re.search(r'#!define EMERGENCY "([^"]+)"', CONFIG.read_text()).group(1)
+    assert default == emergency_regex()
+    pattern = re.compile(emergency_regex())
+    for number, why in BUILTIN_ALLOW.items():
+        assert bool(pattern.match(number)) == why.startswith("emergency"), number
+    assert not pattern.match("1120") and not pattern.match("8611012345678")
+    kam = KamailioProcess(run_dir=Path("/tmp"), hep_port=9060, dest_uri="sip:x",
+                          redress="r", prefix_min_digits=6)
+    assert kam.defines()["EMERGENCY"] == kamailio_string(emergency_regex())
+    assert kam.defines()["PREFIX_MIN_DIGITS"] == "6"
