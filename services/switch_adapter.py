@@ -62,8 +62,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.admin import watermarks
 from services.kamailio_process import RpcError, rpc_call
 from services.settings import Settings
-from services.switch_entries import SKIP_OTHER_SWITCH, Tables, Target, Unsupported, \
-    entry_value, target_of
+from services.switch_entries import Tables, Target, Unsupported, entry_value, target_of
 from streams.schema import Ack, Decision
 from streams.scope import SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, parse_key, split_trunk_id
 from streams.sink import producer_config
@@ -226,13 +225,15 @@ def unblock_of_key(key: str, now: float) -> Decision:
                     decided_at=now, trigger_ts=0.0, scope=scope, target=target, switch=switch)
 
 
-def for_other_switch(decision: Decision, switch: str, tables: Tables) -> bool:
-    """A trunk decision of another switch: this adapter's rebuild leaves it alone quietly."""
+def applies_here(decision: Decision, switch: str, tables: Tables) -> bool:
+    """Whether this switch can apply the decision at all (not another switch's trunk, not a
+    match or target it refuses); the rebuild leaves the others alone quietly, they were acked
+    "skipped" with why when they came."""
     try:
         target_of(decision, switch, tables)
-    except Unsupported as exc:
-        return exc.why == SKIP_OTHER_SWITCH
-    return False
+    except Unsupported:
+        return False
+    return True
 
 
 def fold_latest(decisions: Iterable[tuple[str, Decision | None]]) -> dict[str, Decision]:
@@ -257,11 +258,11 @@ def fold_latest(decisions: Iterable[tuple[str, Decision | None]]) -> dict[str, D
 def rebuild_plan(latest: dict[str, Decision], now: float, switch: str = "",
                  tables: Tables = Tables()) -> list[Decision]:
     """Decisions a rebuilt switch needs: live blocks and rate limits, and unblocks (a switch
-    that kept running may still hold the entry); expired ones are left out, and so are other
-    switches' trunk decisions (they were acked "skipped" when they came)."""
+    that kept running may still hold the entry); expired ones are left out, and so are
+    decisions this switch does not apply (another switch's trunk, a match it does not know)."""
     return [d for d in latest.values()
             if (d.action == "unblock" or remaining_ttl(d, now) > 0)
-            and not (switch and for_other_switch(d, switch, tables))]
+            and (not switch or applies_here(d, switch, tables))]
 
 
 def backoff_delays(attempts: int, initial: float, cap: float) -> list[float]:

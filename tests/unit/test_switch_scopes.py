@@ -158,9 +158,10 @@ def test_fold_keeps_newest_per_key_across_scopes() -> None:
     assert latest["trunk:kam-7/tg-1"].action == "block"
 
 
-def test_rebuild_leaves_other_switches_trunks_alone() -> None:
+def test_rebuild_leaves_what_this_switch_does_not_apply_alone() -> None:
     mine, theirs = trunk("tg-1"), trunk("tg-1", switch="kam-8")
-    todo = rebuild_plan({d.number: d for d in (mine, theirs)}, NOW, SWITCH, TABLES)
+    unknown = trunk("tg-2", match={"asn": 1})
+    todo = rebuild_plan({d.number: d for d in (mine, theirs, unknown)}, NOW, SWITCH, TABLES)
     assert todo == [mine]
 
 
