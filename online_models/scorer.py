@@ -26,6 +26,7 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from river import anomaly, drift, linear_model, metrics, optim, preprocessing, utils
 
@@ -68,7 +69,7 @@ class ScoreParts:
     classifier: float | None
 
 
-def _squash_count(value: float, scale: float) -> float:
+def squash_count(value: float, scale: float) -> float:
     return min(math.log1p(max(value, 0.0)) / math.log1p(scale), 1.0)
 
 
@@ -77,8 +78,8 @@ def model_input(feats: dict[str, float]) -> dict[str, float]:
     dur = feats.get("mean_duration_1h", 0.0)
     cv = feats.get("gap_cv_10m", 1.0)
     return {
-        "volume_10m": _squash_count(feats.get("attempts_10m", 0.0), VOLUME_SCALE_10M),
-        "volume_1h": _squash_count(feats.get("attempts_1h", 0.0), VOLUME_SCALE_1H),
+        "volume_10m": squash_count(feats.get("attempts_10m", 0.0), VOLUME_SCALE_10M),
+        "volume_1h": squash_count(feats.get("attempts_1h", 0.0), VOLUME_SCALE_1H),
         "breadth_1h": feats.get("breadth_1h", 0.0),
         "answer_ratio_1h": feats.get("answer_ratio_1h", 0.0),
         "short_ratio_1h": feats.get("short_ratio_1h", 0.0),
@@ -89,7 +90,7 @@ def model_input(feats: dict[str, float]) -> dict[str, float]:
         "rhythm_10m": cv / (1.0 + cv),
         "attest_a_1h": feats.get("attest_a_ratio_1h", 0.0),
         "attest_c_1h": feats.get("attest_c_ratio_1h", 0.0),
-        "pool_callers": _squash_count(feats.get("pool_callers", 0.0), POOL_SCALE),
+        "pool_callers": squash_count(feats.get("pool_callers", 0.0), POOL_SCALE),
         "pool_answer_ratio": feats.get("pool_answer_ratio", 0.0),
         "pool_short_ratio": feats.get("pool_short_ratio", 0.0),
     }
@@ -113,7 +114,29 @@ def prior_score(feats: dict[str, float]) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-class NuisanceScorer:
+class Checkpointed:
+    """A model saved and restored whole (pickle): River estimators are plain Python objects."""
+
+    def save(self, path: Path) -> None:
+        """Atomic write: a crash mid-checkpoint leaves the previous checkpoint intact."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load_or_new(cls, path: Path, **kwargs: float) -> tuple[Any, bool]:
+        """Restore a checkpoint if there is one (returns it and True), else a fresh model."""
+        if path.exists():
+            with path.open("rb") as fh:
+                model = pickle.load(fh)
+            if isinstance(model, cls):
+                return model, True
+        return cls(**kwargs), False  # type: ignore[arg-type]
+
+
+class NuisanceScorer(Checkpointed):
     """Scores feature vectors and learns online; picklable as a whole for checkpoints."""
 
     def __init__(self, anomaly_weight: float = 0.15, classifier_min_labels: int = 20,
@@ -172,22 +195,3 @@ class NuisanceScorer:
             self.log_loss.update(bool(target), proba)
         self.classifier.learn_one(x, bool(target))
         self.labels_seen[int(bool(target))] += 1
-
-    # -- checkpoints ----------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """Atomic write: a crash mid-checkpoint leaves the previous checkpoint intact."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load_or_new(cls, path: Path, **kwargs: float) -> tuple["NuisanceScorer", bool]:
-        """Restore a checkpoint if there is one (returns it and True), else a fresh scorer."""
-        if path.exists():
-            with path.open("rb") as fh:
-                scorer = pickle.load(fh)
-            if isinstance(scorer, cls):
-                return scorer, True
-        return cls(**kwargs), False  # type: ignore[arg-type]

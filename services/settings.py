@@ -101,8 +101,9 @@ class Settings:
     #: (neighbour spoofing copies the callee's number block).
     source_neighbour_tail: int = 4
     #: An answered call lasting this long is a real conversation: people do not talk this long
-    #: to robots, so a source where they do is never blocked whole.
-    source_conversation_s: float = 30.0
+    #: to robots, so a source where they do is never blocked whole, and a number whose owner
+    #: talks on one trunk is not blocked for robot calls arriving on another (spoofed).
+    source_conversation_s: float = 60.0
     #: A source is scored once it made this many attempts in the last hour, and again after
     #: every ``source_score_every`` new attempts.
     source_score_min_attempts: int = 50
@@ -221,6 +222,11 @@ class Settings:
     @property
     def checkpoint_path(self) -> Path:
         return self.worker_dir / f"{self.app_id}-model.pkl"
+
+    @property
+    def source_checkpoint_path(self) -> Path:
+        """The source stage's models (per trunk and range), checkpointed beside the number's."""
+        return self.worker_dir / f"{self.app_id}-source-model.pkl"
 
     @property
     def range_strip_digits(self) -> tuple[int, ...]:

@@ -1,7 +1,11 @@
-"""The Faust worker: owns partitions of ``signaling.events`` and runs the detector on them.
+"""The Faust worker: owns partitions of ``signaling.events`` and ``signaling.sources`` and runs
+the two stages on them.
 
-Layout follows faust-streaming's examples: the app, its topic and table at module level, one
-agent, one timer. Why the agent iterates ``stream.events()`` and writes the table itself:
+Layout follows faust-streaming's examples: the app, its topics and tables at module level, one
+agent per stage, timers. The number stage (:class:`Detector`) folds events per caller and
+re-keys each accepted event by its trunk and caller ranges onto ``signaling.sources``; the
+source stage (:class:`SourceDetector`) owns those keys and decides on ranges and trunks. Both
+stages run in every worker, each on the partitions Faust assigns it. Why the agent iterates ``stream.events()`` and writes the table itself:
 Faust's RocksDB store routes a write to the partition of the *current event* (a ContextVar in
 ``faust/streams.py``), and on faust-streaming 0.15.3 ``take_events()`` never yields once the app
 has a table (checked on this project's broker). So events are folded into memory one by one
@@ -23,16 +27,19 @@ from faust.streams import _current_event  # see module docstring
 from prometheus_client import start_http_server
 
 from online_models.scorer import NuisanceScorer
+from online_models.source_scorer import SourceScorer
 from services.settings import Settings
 from streams import metrics
 from streams.control import ControlFeed, ControlState
 from streams.detector import Detector, Origin
 from streams.sink import KafkaSink
-from streams.topics import SIGNALING_EVENTS
+from streams.source_detector import SourceDetector
+from streams.topics import SIGNALING_EVENTS, SOURCE_EVENTS
 
 log = logging.getLogger("dialguard.worker")
 CONTROL_CATCHUP_TIMEOUT_S = 15.0
 TABLE_NAME = "caller-state"
+SOURCE_TABLE_NAME = "source-state"
 LAG_INTERVAL_S = 5.0
 
 settings = Settings.from_env()
@@ -75,18 +82,25 @@ events_topic = app.topic(SIGNALING_EVENTS.name, key_type=bytes, value_type=bytes
                          partitions=settings.topic_partitions)
 state_table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, default=None,
                         partitions=settings.topic_partitions)
+sources_topic = app.topic(SOURCE_EVENTS.name, key_type=bytes, value_type=bytes,
+                          partitions=settings.topic_partitions)
+source_table = app.Table(SOURCE_TABLE_NAME, key_type=bytes, value_type=bytes, default=None,
+                         partitions=settings.topic_partitions)
 
 
 class TableStore:
-    """Adapter from the detector's store protocol to the Faust table."""
+    """Adapter from a detector's store protocol to a Faust table."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
 
     def get(self, key: str) -> bytes | None:
-        return state_table.get(key.encode())
+        return self.table.get(key.encode())
 
     def put(self, key: str, value: bytes, ctx: Any) -> None:
         token = _current_event.set(weakref.ref(ctx)) if ctx is not None else None
         try:
-            state_table[key.encode()] = value
+            self.table[key.encode()] = value
         finally:
             if token is not None:
                 _current_event.reset(token)
@@ -110,8 +124,14 @@ class Runtime:
             classifier_min_labels=settings.classifier_min_labels)
         log.info("model %s from %s", "restored" if restored else "new (no checkpoint)",
                  settings.checkpoint_path)
+        self.source_scorer, restored = SourceScorer.load_or_new(settings.source_checkpoint_path)
+        log.info("source model %s from %s", "restored" if restored else "new (no checkpoint)",
+                 settings.source_checkpoint_path)
         self.sink = KafkaSink(settings)
-        self.detector = Detector(settings, self.scorer, self.control, self.sink, TableStore())
+        self.detector = Detector(settings, self.scorer, self.control, self.sink,
+                                 TableStore(state_table))
+        self.sources = SourceDetector(settings, self.source_scorer, self.control, self.sink,
+                                      TableStore(source_table))
         self.last_checkpoint = time.monotonic()
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         shadow = self.control.shadow
@@ -122,7 +142,7 @@ class Runtime:
                  "ON" if self.control.dry_run_all else "off")
 
     def flush(self) -> None:
-        for d in self.detector.flush():
+        for d in self.detector.flush() + self.sources.flush():
             log.info("DECISION %s %s%s ttl=%ss score=%.2f | %s", d.action, d.number,
                      " (dry-run)" if d.dry_run else "", d.ttl_s, d.score, "; ".join(d.reasons))
         self.sink.poll()
@@ -131,6 +151,7 @@ class Runtime:
 
     def checkpoint(self) -> None:
         self.scorer.save(settings.checkpoint_path)
+        self.source_scorer.save(settings.source_checkpoint_path)
         self.last_checkpoint = time.monotonic()
 
     def close(self) -> None:
@@ -161,6 +182,19 @@ async def detect(stream: faust.StreamT) -> None:
         msg = event.message
         detector.ingest(msg.value, Origin(msg.topic, msg.partition, msg.offset), ctx=event)
         if detector.pending >= flush_at:
+            rt.flush()
+
+
+@app.agent(sources_topic)
+async def detect_sources(stream: faust.StreamT) -> None:
+    """The source stage: per-trunk and per-range state, scored, scoped decisions."""
+    rt = runtime()
+    sources = rt.sources
+    flush_at = settings.flush_events
+    async for event in stream.events():
+        msg = event.message
+        sources.ingest(msg.value, Origin(msg.topic, msg.partition, msg.offset), ctx=event)
+        if sources.pending >= flush_at:
             rt.flush()
 
 
@@ -195,8 +229,9 @@ async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:  # no
         except Exception:  # noqa: BLE001 - the table may already have closed a partition
             log.exception("flush on rebalance failed; at most one micro-batch of counts is "
                           "recounted from the changelog")
-        _runtime.detector.dirty.clear()
-        _runtime.detector.forget_cache()
+        for stage in (_runtime.detector, _runtime.sources):
+            stage.dirty.clear()
+            stage.forget_cache()
     for tp in revoked:
         if tp.topic == SIGNALING_EVENTS.name:
             try:

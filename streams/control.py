@@ -65,6 +65,8 @@ class ControlState:
         self.switches = ControlSwitches()
         self.allowlist = AllowList()
         self.labels: queue.Queue[Label] = queue.Queue(maxsize=MAX_PENDING_LABELS)
+        #: Further readers of every label (the source stage), each with its own queue.
+        self.label_queues: list[queue.Queue[Label]] = []
         self.updated = threading.Event()
         self._effective: tuple[Policy | None, ControlSwitches, Policy] | None = None
         self._effective_shadow: tuple[Policy | None, Policy | None, ControlSwitches,
@@ -178,11 +180,19 @@ class ControlState:
     def apply_allow(self, key: str, raw: bytes | None) -> None:
         self.allowlist.apply(key, None if raw is None else AllowEntry.decode(raw))
 
+    def label_queue(self) -> "queue.Queue[Label]":
+        """A queue of its own that receives every label from now on (for a second stage)."""
+        q: queue.Queue[Label] = queue.Queue(maxsize=MAX_PENDING_LABELS)
+        self.label_queues.append(q)
+        return q
+
     def add_label(self, raw: bytes) -> None:
-        try:
-            self.labels.put_nowait(Label.decode(raw))
-        except queue.Full:
-            metrics.CONTROL_RECORDS.labels(FEEDBACK.name, "dropped_full").inc()
+        label = Label.decode(raw)
+        for q in (self.labels, *self.label_queues):
+            try:
+                q.put_nowait(label)
+            except queue.Full:
+                metrics.CONTROL_RECORDS.labels(FEEDBACK.name, "dropped_full").inc()
 
     def drain_labels(self) -> list[Label]:
         out: list[Label] = []

@@ -28,9 +28,10 @@ from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCoun
                               features)
 from streams.numbers import prefix_of
 from streams.policy import ENFORCING, BlockLimiter, CurrentAction, Policy, decide
-from streams.scope import SCOPE_NUMBER
 from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
-                            SignalingEvent)
+                            SignalingEvent, SourceEvent)
+from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, decision_key, range_of,
+                           trunk_id)
 
 log = logging.getLogger(__name__)
 #: Feature vectors kept for labels that arrive after the fact.
@@ -61,6 +62,7 @@ class Origin:
 
 class Sink(Protocol):
     def decision(self, decision: Decision) -> None: ...
+    def source_event(self, event: SourceEvent) -> None: ...
     def shadow_decision(self, decision: Decision) -> None: ...
     def score(self, record: ScoreRecord) -> None: ...
     def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None: ...
@@ -93,11 +95,20 @@ class DictStore:
 class MemorySink:
     """Keeps outputs in lists: replays, evaluation and tests run the detector without Kafka."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_source: Callable[[SourceEvent], None] | None = None) -> None:
         self.decisions: list[Decision] = []
         self.shadow_decisions: list[Decision] = []
         self.scores: list[ScoreRecord] = []
         self.dead: list[tuple[bytes, str, str, Origin]] = []
+        #: Re-keyed events go here: to a source detector in process, or kept in a list.
+        self.on_source = on_source
+        self.source_events: list[SourceEvent] = []
+
+    def source_event(self, event: SourceEvent) -> None:
+        if self.on_source is not None:
+            self.on_source(event)
+        else:
+            self.source_events.append(event)
 
     def decision(self, decision: Decision) -> None:
         self.decisions.append(decision)
@@ -157,7 +168,10 @@ class Detector:
         self.clock = wall_clock
         self.validator = EventValidator.of(settings)
         self.cfg = FeatureConfig(settings.short_call_s, settings.sequential_max_step,
-                                 settings.distinct_callees_cap, settings.late_grace_s)
+                                 settings.distinct_callees_cap, settings.late_grace_s,
+                                 settings.caller_new_after_s, settings.caller_trunks_cap,
+                                 settings.source_conversation_s)
+        self.range_strip = settings.range_strip_digits
         self.cache: OrderedDict[str, CallerState] = OrderedDict()
         self.dirty: dict[str, Any] = {}
         self.trunks: dict[str, str] = {}
@@ -206,6 +220,7 @@ class Detector:
             self.trunks[ev.caller] = ev.trunk
             self.trunk_pools.setdefault(ev.trunk, PoolCounters()).add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
+        self._forward(ev, state)
         self.pending += 1
         self.newest_minute = max(self.newest_minute, state.hwm_minute)
         self.newest_ts = max(self.newest_ts, state.hwm_ts)
@@ -216,6 +231,23 @@ class Detector:
             decision = self._score(ev.caller, state)
             if decision is not None:
                 self.decisions.append(decision)
+
+    def _forward(self, ev: SignalingEvent, state: CallerState) -> None:
+        """Re-key the event by where it came from, for the source stage (streams.source_*):
+        its trunk, and each configured range of its caller number. Source keys are the keys
+        of the decisions they may lead to (``trunk:<switch>/<trunk>``, ``prefix:<digits>``)."""
+        new = state.is_new(ev.ts, self.cfg)
+        trunks = max(len(state.trunks), 1)
+        trunk = trunk_id(ev.switch, ev.trunk)
+        self.sink.source_event(SourceEvent.of(decision_key(SCOPE_TRUNK, trunk), ev, new,
+                                              trunks))
+        metrics.SOURCE_EVENTS_OUT.labels("trunk").inc()
+        for strip in self.range_strip:
+            rng = range_of(ev.caller, strip)
+            if rng:
+                self.sink.source_event(SourceEvent.of(decision_key(SCOPE_PREFIX, rng), ev, new,
+                                                      trunks))
+                metrics.SOURCE_EVENTS_OUT.labels("range").inc()
 
     def _state(self, number: str) -> CallerState:
         state = self.cache.get(number)
@@ -289,8 +321,16 @@ class Detector:
         current = CurrentAction(state.action, state.action_until, state.action_score,
                                 state.action_dry)
         decided_at = self.clock()
+        hold = ""
+        home = state.owner_elsewhere()
+        if home:
+            hold = (f"probably spoofed: these calls arrive on {state.last_trunk} while the "
+                    f"number's owner talks on {home}; blocking the number would cut off its "
+                    "owner, so the source view acts on the trunk or range instead")
         decision, held = decide(policy, self.control.allowlist, self.limiter, number,
-                                parts.score, feats, current, state.hwm_ts, decided_at)
+                                parts.score, feats, current, state.hwm_ts, decided_at, hold)
+        if hold and parts.score >= policy.thresholds_for(number)[0].rate_limit:
+            metrics.SPOOFED_NUMBER_HOLDS.inc()
         shadow = self.control.shadow
         shadow_held = None if shadow is None else self._shadow(
             shadow, number, parts.score, feats, state.hwm_ts, decided_at)

@@ -20,6 +20,7 @@ from typing import Iterable
 
 import orjson
 
+from streams.scope import trunk_id
 from streams.schema import (ISUP_BUSY_OR_NO_ANSWER, ISUP_REJECTED, ISUP_UNALLOCATED,
                             SIP_BUSY_OR_NO_ANSWER, SIP_REJECTED, SIP_UNALLOCATED,
                             SignalingEvent)
@@ -48,6 +49,12 @@ class FeatureConfig:
     sequential_max_step: int = 3
     distinct_callees_cap: int = 512
     late_grace_s: float = 120.0
+    #: A number silent for this long is "new to the network" when it calls again.
+    caller_new_after_s: float = 86_400.0
+    #: Trunks remembered per number (seen on several: probably spoofed).
+    trunks_cap: int = 4
+    #: An answered call lasting this long is a real conversation (see the source settings).
+    conversation_s: float = 60.0
 
 
 def fail_class(proto: str, code: int | None) -> str:
@@ -85,7 +92,7 @@ class CallerState:
 
     __slots__ = ("hwm_ts", "buckets", "callees", "last_attempt_ts", "last_callee",
                  "attempts_total", "scored_attempts", "action", "action_until", "action_score",
-                 "action_dry")
+                 "action_dry", "first_ts", "trunks", "last_trunk")
 
     def __init__(self) -> None:
         self.hwm_ts: float = 0.0
@@ -102,6 +109,14 @@ class CallerState:
         self.action_until: float = 0.0
         self.action_score: float = 0.0
         self.action_dry: bool = False
+        #: Start of this number's current stretch of activity (after a silence of a day).
+        self.first_ts: float = 0.0
+        #: trunk id (``<switch>/<trunk>``) -> [last minute, attempts, conversations] of this
+        #: number through that trunk in the last day: where its owner talks, and where else
+        #: it shows up
+        self.trunks: dict[str, list[int]] = {}
+        #: The trunk of this number's newest attempt.
+        self.last_trunk: str = ""
 
     # -- updates --------------------------------------------------------------------------
     def add(self, ev: SignalingEvent, cfg: FeatureConfig) -> bool:
@@ -126,6 +141,10 @@ class CallerState:
             bucket[DUR_SUM] += duration
             if duration < cfg.short_call_s:
                 bucket[SHORT] += 1
+            elif duration >= cfg.conversation_s:
+                seen = self.trunks.get(trunk_id(ev.switch, ev.trunk))
+                if seen is not None:
+                    seen[2] += 1
         else:
             bucket[_FAIL_SLOT[fail_class(ev.proto, ev.code)]] += 1
         return True
@@ -134,6 +153,9 @@ class CallerState:
                      cfg: FeatureConfig) -> None:
         bucket[ATTEMPTS] += 1
         self.attempts_total += 1
+        if not self.first_ts or ev.ts - self.last_attempt_ts > cfg.caller_new_after_s:
+            self.first_ts = ev.ts
+        self._add_trunk(trunk_id(ev.switch, ev.trunk), minute, cfg)
         if ev.attest == "A":
             bucket[ATTEST_A] += 1
         elif ev.attest == "C":
@@ -159,6 +181,32 @@ class CallerState:
                 oldest = min(callees, key=callees.__getitem__)
                 del callees[oldest]
             callees[key] = minute
+
+    def _add_trunk(self, trunk: str, minute: int, cfg: FeatureConfig) -> None:
+        trunks = self.trunks
+        horizon = minute - int(cfg.caller_new_after_s // MINUTE_S)
+        for t in [t for t, e in trunks.items() if e[0] <= horizon]:
+            del trunks[t]
+        entry = trunks.get(trunk)
+        if entry is None:
+            if len(trunks) >= cfg.trunks_cap:
+                del trunks[min(trunks, key=lambda t: trunks[t][0])]
+            entry = trunks[trunk] = [minute, 0, 0]
+        entry[0] = max(entry[0], minute)
+        entry[1] += 1
+        self.last_trunk = trunk
+
+    def owner_elsewhere(self, min_share: float = 0.2) -> str:
+        """A trunk other than the newest attempt's where this number holds conversations
+        (its owner talks there), or "": then calls on another trunk are probably spoofed."""
+        for trunk, (_, attempts, talks) in self.trunks.items():
+            if trunk != self.last_trunk and talks >= 1 and talks >= min_share * attempts:
+                return trunk
+        return ""
+
+    def is_new(self, ts: float, cfg: FeatureConfig) -> bool:
+        """The number had not called for a day before its current stretch, begun < a day ago."""
+        return ts - self.first_ts < cfg.caller_new_after_s
 
     def _evict(self, now_minute: int) -> None:
         horizon = now_minute - RING_MINUTES
@@ -203,13 +251,15 @@ class CallerState:
             self.hwm_ts, [[m, *b] for m, b in self.buckets.items()],
             list(self.callees.items()), self.last_attempt_ts, self.last_callee,
             self.attempts_total, self.scored_attempts, self.action, self.action_until,
-            self.action_score, self.action_dry,
+            self.action_score, self.action_dry, self.first_ts,
+            [[t, *e] for t, e in self.trunks.items()], self.last_trunk,
         ])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "CallerState":
+        row = orjson.loads(raw)
         (hwm, buckets, callees, last_ts, last_callee, total, scored, action, until,
-         action_score, action_dry) = orjson.loads(raw)
+         action_score, action_dry) = row[:11]
         st = cls()
         st.hwm_ts = hwm
         st.buckets = {int(row[0]): list(row[1:]) for row in buckets}
@@ -222,6 +272,14 @@ class CallerState:
         st.action = action
         st.action_until = until
         st.action_score = action_score
+        # Fields added for the source view (issue 10); states written before them read as a
+        # number whose stretch began at its newest event, seen on no trunk yet.
+        if len(row) >= 14:
+            st.first_ts = row[11]
+            st.trunks = {str(r[0]): [int(r[1]), int(r[2]), int(r[3])] for r in row[12]}
+            st.last_trunk = row[13]
+        else:
+            st.first_ts = hwm
         return st
 
 

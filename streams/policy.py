@@ -72,7 +72,9 @@ class Thresholds:
 
 
 def _default_scope_ttl() -> dict[str, int]:
-    return {"label": 3600, "rate_limit": 1800, "block": 3600}
+    """Campaigns dial in bursts with idle hours between; a source block outlives the gap so
+    the next burst is stopped from its first call (a block is refreshed while it dials)."""
+    return {"label": 3600, "rate_limit": 7200, "block": 4 * 3600}
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,13 @@ class ScopePolicy:
     min_callers: int = 20
     min_callees: int = 50
     min_outcomes: int = 50
+    #: Upper bound on real conversations per call, judged with one pseudo-conversation added
+    #: ((conversations + 1) / (calls + 1)), so a short sample never looks conversation-free.
     max_conversation_share: float = 0.02
+    #: Most calls from numbers with enough calls for the number view to act on them alone
+    #: (its ``min_attempts``: a single-number robot): the number view is the narrower scope,
+    #: the source stays out of it.
+    max_heavy_caller_share: float = 0.5
     ttl_s: dict[str, int] = field(default_factory=_default_scope_ttl)
     hysteresis: float = 0.1
     #: New source blocks beyond this many per minute (event time) are turned into dry-run.
@@ -108,7 +116,7 @@ class ScopePolicy:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise PolicyError(f"{where}.{name} must be a non-negative integer, got {v!r}")
         _check_ttls(self.ttl_s, f"{where}.ttl_s")
-        for name in ("max_conversation_share", "hysteresis"):
+        for name in ("max_conversation_share", "max_heavy_caller_share", "hysteresis"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
                     or not 0.0 <= v < 1.0:
@@ -133,7 +141,10 @@ class ScopePolicy:
 
 
 def _default_scopes() -> dict[str, ScopePolicy]:
-    return {scope: ScopePolicy() for scope in SOURCE_SCOPES}
+    """A whole trunk tolerates fewer conversations than a range before it is spared: the
+    people on a shared trunk are a small share of its calls, and a trunk block cuts them all."""
+    return {SCOPE_PREFIX: ScopePolicy(),
+            SCOPE_TRUNK: ScopePolicy(max_conversation_share=0.01)}
 
 
 def _check_ttls(ttl_s: Mapping[str, Any], where: str) -> None:
@@ -439,12 +450,15 @@ def evidence_ok(policy: Policy, feats: Mapping[str, float]) -> tuple[bool, str]:
 
 def decide(policy: Policy, allow: AllowList, limiter: BlockLimiter, number: str,
            score: float, feats: Mapping[str, float], current: CurrentAction,
-           trigger_ts: float, decided_at: float) -> tuple[Decision | None, str | None]:
+           trigger_ts: float, decided_at: float, hold: str = ""
+           ) -> tuple[Decision | None, str | None]:
     """Return (decision to publish or None, the action in force after this score or None).
 
     A decision is published when the action escalates, or when the action still holds and its
     TTL is more than half spent (a refresh, so switches keep blocking a number that keeps
-    dialing). Nothing is published for a number whose action holds and is fresh.
+    dialing). Nothing is published for a number whose action holds and is fresh. ``hold`` says
+    why this number must not be enforced against even if it scores (a number that is probably
+    spoofed: blocking it would cut off its owner); it is labelled at most.
     """
     protected = allow.match(number, trigger_ts)
     if protected is not None:
@@ -471,6 +485,9 @@ def decide(policy: Policy, allow: AllowList, limiter: BlockLimiter, number: str,
         ok, why = evidence_ok(policy, feats)
         if not ok:
             gate_note = f"not enough evidence for {target}: {why}"
+            target = "label" if SEVERITY[held] < SEVERITY["rate_limit"] else held
+        elif hold:
+            gate_note = f"{target} held back to a label: {hold}"
             target = "label" if SEVERITY[held] < SEVERITY["rate_limit"] else held
     if not target:
         return None, held or None
@@ -524,8 +541,9 @@ SRC_ATTEMPTS = "attempts_1h"
 SRC_CALLERS = "distinct_callers_1h"
 SRC_CALLEES = "distinct_callees_1h"
 SRC_SETTLED = "settled_1h"
-SRC_CONVERSATION = "conversation_share_1h"
 SRC_PROTECTED = "protected_1h"
+SRC_CONVERSATIONS = "conversations_1h"
+SRC_HEAVY = "heavy_caller_share_1h"
 
 
 @dataclass(frozen=True)
@@ -557,59 +575,76 @@ def source_evidence_ok(sp: ScopePolicy, feats: Mapping[str, float],
     """
     attempts = feats.get(segment + SRC_ATTEMPTS, 0.0)
     settled = feats.get(segment + SRC_SETTLED, 0.0)
-    conversation = feats.get(segment + SRC_CONVERSATION, 0.0)
+    conversation = (feats.get(segment + SRC_CONVERSATIONS, 0.0) + 1.0) / (attempts + 1.0)
+    callers = feats.get(segment + SRC_CALLERS, 0.0)
     if attempts < sp.min_attempts:
         return False, f"only {attempts:.0f} calls < min {sp.min_attempts}"
-    if feats.get(SRC_CALLERS, 0.0) < sp.min_callers:
-        return False, (f"only {feats.get(SRC_CALLERS, 0.0):.0f} distinct callers < min "
-                       f"{sp.min_callers} (the number view is narrower)")
+    if callers < sp.min_callers:
+        return False, (f"only {callers:.0f} distinct callers < min {sp.min_callers} "
+                       "(the number view is narrower)")
+    if feats.get(segment + SRC_HEAVY, 0.0) > sp.max_heavy_caller_share:
+        return False, (f"{_pct(feats.get(segment + SRC_HEAVY, 0.0))} of the calls come from "
+                       "numbers busy enough for the number view, which is narrower")
     if feats.get(SRC_CALLEES, 0.0) < sp.min_callees:
         return False, f"only {feats.get(SRC_CALLEES, 0.0):.0f} distinct callees < min " \
                       f"{sp.min_callees}"
     if settled < sp.min_outcomes:
         return False, f"only {settled:.0f} settled calls < min {sp.min_outcomes}"
     if conversation > sp.max_conversation_share:
-        return False, (f"{_pct(conversation)} of calls are real conversations > "
-                       f"{_pct(sp.max_conversation_share)}: people call through it")
+        return False, (f"up to {100 * conversation:.1f}% of calls are real conversations > "
+                       f"{100 * sp.max_conversation_share:.1f}%: people call through it")
     if feats.get(segment + SRC_PROTECTED, 0.0) > 0:
         return False, "protected callers (emergency, allowlisted) call through it"
     return True, ""
 
 
-def decide_source(policy: Policy, allow: AllowList, limiter: BlockLimiter,
-                  source: SourceTarget, score: float, feats: Mapping[str, float],
-                  explanation: str, current: CurrentAction, trigger_ts: float,
-                  decided_at: float, segment: str = "") -> tuple[Decision | None, str | None]:
-    """:func:`decide` for a range or a trunk: same order of harm, the scope's own policy.
+def source_action(sp: ScopePolicy, score: float, feats: Mapping[str, float], held: str,
+                  segment: str = "") -> tuple[str, str]:
+    """(action the scope policy gives this score, why a stronger one was held back or "").
 
-    Allowlisted trunks and ranges holding protected numbers get nothing; a source without
-    enough evidence, or where people hold conversations, gets a label at most.
+    Pure, so a detector can weigh several parts of a trunk before it decides on one.
     """
-    sp = policy.scope(source.scope)
-    if not sp.enabled:
-        return None, None
-    protected = allow.protects_source(source.scope, source.target, trigger_ts)
-    if protected is not None:
-        return None, None
     target = ""
     for action in reversed(THRESHOLD_ACTIONS):
         if score >= sp.thresholds.of(action):
             target = action
             break
-    held = current.active(trigger_ts)
     if SEVERITY[held] > SEVERITY[target] and score >= sp.thresholds.of(held) - sp.hysteresis:
         target = held
-    gate_note = ""
     if SEVERITY[target] >= SEVERITY["rate_limit"]:
         ok, why = source_evidence_ok(sp, feats, segment)
         if not ok:
-            gate_note = f"not enough evidence for {target}: {why}"
-            target = "label" if SEVERITY[held] < SEVERITY["rate_limit"] else held
+            return ("label" if SEVERITY[held] < SEVERITY["rate_limit"] else held,
+                    f"not enough evidence for {target}: {why}")
+    return target, ""
+
+
+def decide_source(policy: Policy, allow: AllowList, limiter: BlockLimiter,
+                  source: SourceTarget, score: float, feats: Mapping[str, float],
+                  explanation: str, current: CurrentAction, trigger_ts: float,
+                  decided_at: float, segment: str = "", notes: tuple[str, ...] = (),
+                  max_action: str = "block") -> tuple[Decision | None, str | None]:
+    """:func:`decide` for a range or a trunk: same order of harm, the scope's own policy.
+
+    Allowlisted trunks and ranges holding protected numbers get nothing; a source without
+    enough evidence, or where people hold conversations, gets a label at most. ``notes`` are
+    added to the reasons (e.g. why a trunk decision was narrowed to part of its calls);
+    ``max_action`` caps the action (a trunk no switch can match is labelled at most).
+    """
+    sp = policy.scope(source.scope)
+    if not sp.enabled:
+        return None, None
+    if allow.protects_source(source.scope, source.target, trigger_ts) is not None:
+        return None, None
+    held = current.active(trigger_ts)
+    target, gate_note = source_action(sp, score, feats, held, segment)
+    if SEVERITY[target] > SEVERITY[max_action]:
+        target = max_action
     if not target:
         return None, held or None
     reasons = [f"{source.describe()}: {explanation}",
                f"score {score:.2f} >= {target} {sp.thresholds.of(target):.2f} for "
-               f"{source.scope}s, policy {policy.name} v{policy.version}"]
+               f"{source.scope}s, policy {policy.name} v{policy.version}", *notes]
     if gate_note:
         reasons.append(gate_note)
     return _emit(policy, source.key, target, score, reasons, current, trigger_ts, decided_at,

@@ -361,7 +361,8 @@ class SourceEvent:
     its caller's number ranges) and adds what only the owner of the caller number knows:
     ``caller_new`` (the number had not called in the last day) and ``caller_trunks`` (how many
     distinct trunks the number was seen on lately: a real subscriber's number arriving on a
-    second trunk is probably spoofed). ``key`` is the source key it was published under.
+    second trunk is probably spoofed). ``key`` is the source key it was published under: the
+    key of the decision it may lead to (``trunk:<switch>/<trunk>``, ``prefix:<digits>``).
     """
 
     key: str

@@ -1,5 +1,5 @@
-"""Publishes the worker's outputs (decisions, shadow decisions, score records, dead letters)
-with confluent-kafka.
+"""Publishes the worker's outputs (decisions, shadow decisions, score records, dead letters,
+events re-keyed for the source stage) with confluent-kafka.
 
 librdkafka batches and retries in its own threads, so producing from the event loop costs a
 dictionary copy, not a round trip; the worker calls ``poll(0)`` once per micro-batch to serve
@@ -17,8 +17,8 @@ from services.settings import Settings
 from streams.detector import Origin
 from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION,
                             DLQ_HEADER_REASON, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
-                            ScoreRecord)
-from streams.topics import DECISIONS, SCORES, SHADOW_DECISIONS, SIGNALING_DLQ
+                            ScoreRecord, SourceEvent)
+from streams.topics import DECISIONS, SCORES, SHADOW_DECISIONS, SIGNALING_DLQ, SOURCE_EVENTS
 
 log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_S = 30.0
@@ -60,6 +60,10 @@ class KafkaSink:
     def shadow_decision(self, decision: Decision) -> None:
         """What a shadow candidate would decide: its own topic, so no switch can act on it."""
         self._produce(SHADOW_DECISIONS.name, decision.number.encode(), decision.encode())
+
+    def source_event(self, event: SourceEvent) -> None:
+        """An accepted event re-keyed by its trunk or caller range, for the source stage."""
+        self._produce(SOURCE_EVENTS.name, event.key.encode(), event.encode())
 
     def score(self, record: ScoreRecord) -> None:
         self._produce(SCORES.name, record.number.encode(), record.encode())

@@ -39,11 +39,11 @@ SIGNALING_DLQ = TopicSpec(
     "signaling.events.dlq", 1, "delete", 14 * DAY_MS, "none",
     "original bytes; headers dlq.reason, dlq.source, dlq.topic, dlq.partition, dlq.offset")
 #: Accepted events re-keyed by where they came from (``trunk:<switch>/<trunk>``, and
-#: ``range:<digits>`` per configured range length), written by the per-number stage for the
+#: ``prefix:<digits>`` per configured range length), written by the per-number stage for the
 #: source stage. Internal: a day is enough to replay an outage of the source stage.
 SOURCE_EVENTS = TopicSpec(
     "signaling.sources", None, "delete", 1 * DAY_MS, "source key (trunk:<switch>/<trunk>, "
-    "range:<digits>)", "SourceEvent")
+    "prefix:<digits>)", "SourceEvent")
 DECISIONS = TopicSpec(
     "switch.control.decisions", None, "compact,delete", 30 * DAY_MS,
     "number; prefix:<digits>, trunk:<switch>/<trunk> for scoped decisions", "Decision")

@@ -177,3 +177,82 @@ def test_restarted_worker_keeps_its_counters(worker, broker_settings):
         reader.close()
     after = [s for s in scores_of(reader.messages) if s.number == number]
     assert max(s.features["attempts_1h"] for s in after) >= 48
+
+
+def rotating_campaign(switch: str, trunk: str, start: float, n: int, seed: int,
+                      gap_s: float = 3.0) -> list[SignalingEvent]:
+    """Robots that show a fresh caller number on every call, all through one trunk."""
+    rnd = random.Random(seed)
+    evs: list[SignalingEvent] = []
+    for i in range(n):
+        number = f"86150{rnd.randrange(10**8):08d}"
+        for ev in robot_burst(number, start + gap_s * i, n=1, seed=seed * 1000 + i):
+            ev.trunk, ev.switch = trunk, switch
+            evs.append(ev)
+    return sorted(evs, key=lambda e: e.ts)
+
+
+def people(switch: str, trunk: str, start: float, n: int, seed: int) -> list[SignalingEvent]:
+    """People on their own trunk: a few hundred subscribers, answered, minutes long."""
+    rnd = random.Random(seed)
+    callers = [f"86138{rnd.randrange(10**8):08d}" for _ in range(150)]
+    evs: list[SignalingEvent] = []
+    for i in range(n):
+        ts, caller, callee = start + 4 * i, rnd.choice(callers), f"86139{rnd.randrange(10**8):08d}"
+        cid = f"p-{seed}-{i}"
+        common = {"proto": "sip", "call_id": cid, "caller": caller, "callee": callee,
+                  "trunk": trunk, "switch": switch}
+        evs.append(SignalingEvent(ts=ts, kind="attempt", attest="A", **common))
+        evs.append(SignalingEvent(ts=ts + 5, kind="answer", code=200, **common))
+        evs.append(SignalingEvent(ts=ts + 125, kind="release", duration_s=120.0, **common))
+    return sorted(evs, key=lambda e: e.ts)
+
+
+def test_rotating_campaign_is_stopped_at_its_trunk_and_people_elsewhere_are_not(
+        worker, broker_settings):
+    tag = uuid.uuid4().hex[:6]
+    robot_trunk, people_trunk = (f"sw-{tag}", "gw-1"), (f"sw-{tag}", "acc-1")
+    start = time.time() - 2 * 3600
+    robots = rotating_campaign(*robot_trunk, start, n=400, seed=21)
+    humans = people(*people_trunk, start, n=300, seed=22)
+    produce_events(broker_settings, sorted(robots + humans, key=lambda e: e.ts))
+    key = f"trunk:{robot_trunk[0]}/{robot_trunk[1]}"
+    humans_key = f"trunk:{people_trunk[0]}/{people_trunk[1]}"
+    numbers = {key, humans_key} | {e.caller for e in robots + humans}
+    decisions = wait_decisions(broker_settings, numbers,
+                               until=lambda ds: any(d.number == key and d.action == "block"
+                                                    for d in ds), quiet_s=3.0)
+    block = next(d for d in decisions if d.number == key and d.action == "block")
+    assert (block.scope, block.target, block.switch) == ("trunk", f"{robot_trunk[0]}/gw-1",
+                                                        robot_trunk[0])
+    print(f"\ntrunk decision: {block.action} {block.target} match={block.match} "
+          f"| {'; '.join(block.reasons)}")
+    enforcing = [d for d in decisions if d.action in ACTIONS and not d.dry_run]
+    covered = [e for e in humans if e.kind == "attempt" and any(
+        d.covers(e.caller, e.callee, e.switch, e.trunk, e.attest) for d in enforcing)]
+    assert not covered, "people on another trunk must never be covered"
+    late = [e for e in robots if e.kind == "attempt" and e.ts >= block.trigger_ts]
+    assert late and all(block.covers(e.caller, e.callee, e.switch, e.trunk, e.attest)
+                        for e in late)
+
+
+def test_restarted_worker_keeps_its_source_counters(worker, broker_settings):
+    tag = uuid.uuid4().hex[:6]
+    switch, trunk = f"sw-{tag}", "gw-2"
+    key = f"trunk:{switch}/{trunk}"
+    start = time.time() - 2 * 3600
+    produce_events(broker_settings, rotating_campaign(switch, trunk, start, n=60, seed=31))
+    reader = TopicReader(broker_settings, SCORES.name)
+    try:
+        assert reader.poll_until(
+            lambda msgs: any(s.number == key for s in scores_of(msgs)), timeout=60)
+        time.sleep(1.0)  # let the worker flush its table writes
+        worker.stop()
+        worker.start()
+        produce_events(broker_settings, rotating_campaign(switch, trunk, start + 60 * 3 + 1,
+                                                          n=40, seed=32))
+        assert reader.poll_until(
+            lambda msgs: any(s.number == key and s.features["attempts_1h"] >= 90
+                             for s in scores_of(msgs)), timeout=90)
+    finally:
+        reader.close()

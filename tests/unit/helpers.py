@@ -6,23 +6,24 @@ T0 = 1_800_000_000.0
 
 
 def call(caller, callee, ts, answered, duration=0.0, code=None, proto="sip", attest=None,
-         n=[0]):
+         trunk=None, switch=None, n=[0]):
     """The events of one call: attempt, then answer+release or fail."""
     n[0] += 1
     cid = f"c{n[0]}"
-    evs = [SignalingEvent(ts=ts, proto=proto, kind="attempt", call_id=cid, caller=caller,
-                          callee=callee, attest=attest)]
+
+    def ev(at, kind, **extra):
+        return SignalingEvent(ts=at, proto=proto, kind=kind, call_id=cid, caller=caller,
+                              callee=callee, trunk=trunk, switch=switch, **extra)
+
+    evs = [ev(ts, "attempt", attest=attest)]
     if answered:
-        evs.append(SignalingEvent(ts=ts + 5, proto=proto, kind="answer", call_id=cid,
-                                  caller=caller, callee=callee, code=200))
-        evs.append(SignalingEvent(ts=ts + 5 + duration, proto=proto, kind="release",
-                                  call_id=cid, caller=caller, callee=callee,
-                                  duration_s=duration))
+        evs.append(ev(ts + 5, "answer", code=200))
+        evs.append(ev(ts + 5 + duration, "release", duration_s=duration))
     else:
-        evs.append(SignalingEvent(ts=ts + 20, proto=proto, kind="fail", call_id=cid,
-                                  caller=caller, callee=callee, code=code or 480))
+        evs.append(ev(ts + 20, "fail", code=code or 480))
     return evs
 
 
-def ordered(events):
-    return sorted(events, key=lambda e: e.ts)
+def ordered(*populations):
+    """Events of one or more populations merged in event time, as a network delivers them."""
+    return sorted((e for events in populations for e in events), key=lambda e: e.ts)
