@@ -21,6 +21,7 @@ from typing import Any
 
 from services.broker import free_ports
 from services.child_process import LOG_TAIL_LINES, log_tail, stop_group
+from services.ingest.sip_dialogs import TgrpPeers
 from services.settings import REPO_ROOT, Settings
 
 CONFIG = REPO_ROOT / "services" / "kamailio" / "dialguard.cfg"
@@ -102,6 +103,8 @@ class KamailioProcess:
     capture_id: int = 1
     rate_window_s: int = 60
     prefix_min_digits: int = 5
+    #: Peers whose Contact tgrp names the trunk (DIALGUARD_SIP_TGRP_PEERS); empty: none.
+    tgrp_peers: str = ""
     extra_defines: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -122,7 +125,8 @@ class KamailioProcess:
                    dest_uri=settings.kamailio_dest_uri, redress=settings.redress_contact,
                    sip_port=settings.kamailio_sip_port, http_port=rpc.port,
                    country_code=settings.country_code,
-                   prefix_min_digits=settings.adapter_prefix_min_digits)
+                   prefix_min_digits=settings.adapter_prefix_min_digits,
+                   tgrp_peers=settings.sip_tgrp_peers)
 
     @property
     def rpc_url(self) -> str:
@@ -153,6 +157,7 @@ class KamailioProcess:
             "RATE_WINDOW_S": str(self.rate_window_s),
             "PREFIX_MIN_DIGITS": str(self.prefix_min_digits),
             "EMERGENCY": kamailio_string(emergency_regex()),
+            "TGRP_PEERS": kamailio_string(str(TgrpPeers.parse(self.tgrp_peers))),
         }
         if self.unalloc_prefix:
             out["UNALLOC_PREFIX"] = kamailio_string(self.unalloc_prefix)

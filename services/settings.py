@@ -193,6 +193,11 @@ class Settings:
     adapter_prefix_rate_limit_calls: int = 30
     adapter_trunk_rate_limit_calls: int = 60
     adapter_prefix_min_digits: int = 5
+    #: Peers (comma separated IP addresses or networks) trusted to name the trunk group of
+    #: their calls with an RFC 4904 ``tgrp`` in the Contact; from any other source the trunk
+    #: is the source address. Read by the SIP ingest and passed to Kamailio (TGRP_PEERS), so
+    #: both name a call's trunk alike. Empty: nobody's tgrp is believed.
+    sip_tgrp_peers: str = ""
     #: Kamailio for ``make run`` / tests (services/kamailio_process.py): SIP port and next hop.
     kamailio_sip_port: int = 5060
     kamailio_dest_uri: str = "sip:127.0.0.1:5080"

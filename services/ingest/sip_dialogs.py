@@ -38,14 +38,18 @@ What the tracker chose where the issue left a choice (README "SIP and HEP ingest
 * ``trunk`` is the trunk the INVITE entered through, by the same rule as the switch
   (``route[TRUNK]`` of services/kamailio/dialguard.cfg), so trunk decisions made from these
   events match the calls the switch screens: the RFC 4904 originating trunk group (``tgrp``) in
-  the Contact URI (user part or URI parameter), else the source address the capture gives
-  (:func:`trunk_of`).
+  the Contact URI (user part or URI parameter) when the INVITE comes from a peer trusted to
+  name its trunk groups (``DIALGUARD_SIP_TGRP_PEERS``), else the source address the capture
+  gives (:func:`trunk_of`). A caller's own Contact is whatever it wants it to be: were its tgrp
+  believed from anyone, a robot sending straight to the switch would show a fresh trunk group
+  on every call, as it shows a fresh number.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -142,38 +146,6 @@ def is_keepalive(payload: bytes) -> bool:
     return not payload.strip(b"\r\n")
 
 
-def parse_sip(payload: bytes, ts: float, trunk: str | None = None,
-              switch: str | None = None) -> SipMessage:
-    """One SIP message (bytes as captured) -> :class:`SipMessage`, or :class:`SipError`."""
-    try:
-        msg = Message.parse(payload)
-        call_id = msg.headers.get("Call-ID")
-        cseq_text = msg.headers.get("CSeq")
-        if not call_id:
-            raise SipError(REASON_SIP_PARSE, "no Call-ID header")
-        if not cseq_text:
-            raise SipError(REASON_SIP_PARSE, "no CSeq header")
-        cseq = CSeq.parse(cseq_text)
-        to = msg.headers.get("To") or ""
-        to_tag = _param(to, "tag")
-        if isinstance(msg, Request):
-            out = SipMessage(ts=ts, call_id=call_id, cseq=cseq.sequence,
-                             cseq_method=cseq.method.upper(), method=msg.method.upper(),
-                             to_tag=to_tag, trunk=trunk, switch=switch)
-            if out.method == "INVITE":
-                _identify(msg, out, to)
-            return out
-        return SipMessage(ts=ts, call_id=call_id, cseq=cseq.sequence,
-                          cseq_method=cseq.method.upper(), status=msg.code, to_tag=to_tag,
-                          trunk=trunk, switch=switch)
-    except SipError:
-        raise
-    except (ValueError, KeyError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
-        first = payload.split(b"\r\n", 1)[0][:80]
-        raise SipError(REASON_SIP_PARSE, f"{type(exc).__name__}: {exc} (first line {first!r})") \
-            from None
-
-
 #: RFC 4904 trunk group parameter.
 TGRP = "tgrp"
 
@@ -205,10 +177,90 @@ def contact_tgrp(contact: str) -> str | None:
     return None
 
 
-def trunk_of(contact: str | None, source: str | None) -> str | None:
-    """Trunk of an INVITE: its Contact's ``tgrp`` (:func:`contact_tgrp`), else ``source``
-    (the address the request came from: HEP source IP, pcap ``ip.src``)."""
-    return (contact_tgrp(contact) if contact else None) or source
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class TgrpPeers:
+    """Source networks whose Contact ``tgrp`` is believed (interconnects and trunking gateways
+    that name their trunk groups); from anywhere else the trunk is the source address.
+
+    The same list goes to the switch (``TGRP_PEERS`` of dialguard.cfg, checked with ipops'
+    ``is_in_subnet``), so the switch and the ingest name a call's trunk alike.
+    """
+
+    networks: tuple[IpNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "TgrpPeers":
+        """``"10.1.0.0/16, 192.0.2.7"`` -> networks; ValueError names a bad entry."""
+        nets = []
+        for item in (t.strip() for t in text.split(",")):
+            if not item:
+                continue
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"DIALGUARD_SIP_TGRP_PEERS: {item!r} is not an IP address or "
+                                 "network") from None
+        return cls(tuple(nets))
+
+    def trusts(self, source: str | None) -> bool:
+        if not source or not self.networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(source.strip("[]"))
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+    def __str__(self) -> str:
+        return ",".join(str(n) for n in self.networks)
+
+
+NO_TGRP_PEERS = TgrpPeers()
+
+
+def trunk_of(contact: str | None, source: str | None,
+             peers: TgrpPeers = NO_TGRP_PEERS) -> str | None:
+    """Trunk of an INVITE: its Contact's ``tgrp`` (:func:`contact_tgrp`) when ``source`` is a
+    trusted peer, else ``source`` (the address the request came from: HEP source IP, pcap
+    ``ip.src``)."""
+    tgrp = contact_tgrp(contact) if contact and peers.trusts(source) else None
+    return tgrp or source
+
+
+def parse_sip(payload: bytes, ts: float, trunk: str | None = None,
+              switch: str | None = None, tgrp_peers: TgrpPeers = NO_TGRP_PEERS) -> SipMessage:
+    """One SIP message (bytes as captured) -> :class:`SipMessage`, or :class:`SipError`;
+    ``trunk`` is where it came from, replaced on an INVITE by :func:`trunk_of`."""
+    try:
+        msg = Message.parse(payload)
+        call_id = msg.headers.get("Call-ID")
+        cseq_text = msg.headers.get("CSeq")
+        if not call_id:
+            raise SipError(REASON_SIP_PARSE, "no Call-ID header")
+        if not cseq_text:
+            raise SipError(REASON_SIP_PARSE, "no CSeq header")
+        cseq = CSeq.parse(cseq_text)
+        to = msg.headers.get("To") or ""
+        to_tag = _param(to, "tag")
+        if isinstance(msg, Request):
+            out = SipMessage(ts=ts, call_id=call_id, cseq=cseq.sequence,
+                             cseq_method=cseq.method.upper(), method=msg.method.upper(),
+                             to_tag=to_tag, trunk=trunk, switch=switch)
+            if out.method == "INVITE":
+                _identify(msg, out, to, tgrp_peers)
+            return out
+        return SipMessage(ts=ts, call_id=call_id, cseq=cseq.sequence,
+                          cseq_method=cseq.method.upper(), status=msg.code, to_tag=to_tag,
+                          trunk=trunk, switch=switch)
+    except SipError:
+        raise
+    except (ValueError, KeyError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
+        first = payload.split(b"\r\n", 1)[0][:80]
+        raise SipError(REASON_SIP_PARSE, f"{type(exc).__name__}: {exc} (first line {first!r})") \
+            from None
 
 
 def _param(header: str, name: str) -> str | None:
@@ -221,7 +273,7 @@ def _param(header: str, name: str) -> str | None:
     return None
 
 
-def _identify(msg: Request, out: SipMessage, to: str) -> None:
+def _identify(msg: Request, out: SipMessage, to: str, tgrp_peers: TgrpPeers) -> None:
     """Caller, callee and attestation of an INVITE."""
     for pai in msg.headers.getlist("P-Asserted-Identity"):
         for one in pai.split(","):
@@ -237,7 +289,7 @@ def _identify(msg: Request, out: SipMessage, to: str) -> None:
         raise SipError(REASON_NO_CALLER, "INVITE without a user in P-Asserted-Identity or From")
     if not out.callee:
         raise SipError(REASON_NO_CALLEE, "INVITE without a user in the Request-URI or To")
-    out.trunk = trunk_of(msg.headers.get("Contact"), out.trunk)
+    out.trunk = trunk_of(msg.headers.get("Contact"), out.trunk, tgrp_peers)
     for identity in msg.headers.getlist("Identity"):
         out.attest = passport_attest(identity)
         if out.attest:

@@ -326,7 +326,7 @@ def test_adapter_applies_range_and_trunk_decisions(broker_settings: Settings,
     uas = SippUas("uas_answer.xml", tmp_path / "uas")
     kam = KamailioProcess(run_dir=tmp_path / "kam", hep_port=hep_port,
                           dest_uri=f"sip:127.0.0.1:{uas.port}", redress=settings.redress_contact,
-                          rate_window_s=RATE_WINDOW_S)
+                          rate_window_s=RATE_WINDOW_S, tgrp_peers="127.0.0.1")
     kam2: KamailioProcess | None = None
     adapter = AdapterProcess(settings, tmp_path / "adapter", kam.rpc_url, switch,
                              extra_env={"DIALGUARD_ADAPTER_TRUNK_RATE_LIMIT_CALLS": str(allowed)})
@@ -396,4 +396,33 @@ def test_adapter_applies_range_and_trunk_decisions(broker_settings: Settings,
         kam.stop()
         if kam2 is not None:
             kam2.stop()
+        uas.stop()
+
+
+def test_untrusted_callers_cannot_name_their_trunk(tmp_path: Path) -> None:
+    """A tgrp from a source outside TGRP_PEERS is ignored: the trunk is the source address,
+    so a robot sending straight to the switch cannot dodge a trunk block by naming a fresh
+    trunk group per call (nor put its calls on someone else's). Emergency calls pass anyway."""
+    uas = SippUas("uas_answer.xml", tmp_path / "uas")
+    kam = KamailioProcess(run_dir=tmp_path / "kam", hep_port=free_ports(1)[0],
+                          dest_uri=f"sip:127.0.0.1:{uas.port}", redress="appeal at 12321",
+                          tgrp_peers="192.0.2.0/24")
+    try:
+        uas.start()
+        kam.start()
+        rpc_call(kam.rpc_url, "htable.setxs", "trunk", "tg-claimed", "block:0:*:0", 60)
+        rpc_call(kam.rpc_url, "htable.setxs", "trunk", "127.0.0.1", "block:0:*:0", 60)
+        rows = [(new_number(), "8613912340001", "tg-fresh", "X-Unsigned: 1"),
+                (new_number(), "8613912340002", "tg-claimed", "X-Unsigned: 1"),
+                (new_number(), "110", "tg-fresh", "X-Unsigned: 1")]
+        run = SippUac("trunk_uac.xml", tmp_path / "sipp", kam.sip_address, rows=rows,
+                      calls=len(rows), rate=5, max_seconds=20)
+        run.start()
+        stats = run.wait()
+        codes = {int(m[2].split("-", 1)[0]): m[4].split()[1] for m in stats.messages
+                 if m[1] == "R" and "INVITE" in m[3] and m[4].split()[1] >= "200"}
+        assert codes == {1: "603", 2: "603", 3: "200"}, stats.messages
+        assert "blocked by trunk 127.0.0.1" in kam.tail(200)
+    finally:
+        kam.stop()
         uas.stop()

@@ -68,6 +68,8 @@ TTL_S = 3600
 RANGE = "86170555"
 SHARED_TRUNK = "127.0.0.1"  # no tgrp: the source address SIPp sends from
 UNSIGNED = "X-Unsigned: yes"
+#: SIPp stands in for interconnect peers that name their trunk groups: its tgrp is believed.
+TGRP_PEERS = "127.0.0.1"
 
 
 def passport_header(attest: str) -> str:
@@ -134,7 +136,7 @@ def test_rotating_robots_are_stopped_at_trunk_and_range(broker_settings: Setting
     answer = SippUas("uas_answer.xml", tmp_path / "uas")
     kam = KamailioProcess(run_dir=tmp_path / "kamailio", hep_port=hep_port,
                           dest_uri=f"sip:127.0.0.1:{answer.port}",
-                          redress=settings.redress_contact)
+                          redress=settings.redress_contact, tgrp_peers=TGRP_PEERS)
     adapter = AdapterProcess(settings, tmp_path / "adapter", kam.rpc_url, switch)
     collector_log = tmp_path / "collector.log"
     collector: subprocess.Popen | None = None
@@ -143,7 +145,7 @@ def test_rotating_robots_are_stopped_at_trunk_and_range(broker_settings: Setting
     acks = TopicReader(settings, ACKS.name)
     events = TopicReader(settings, SIGNALING_EVENTS.name)
     try:
-        env = child_env(settings, tmp_path / "collector-home")
+        env = child_env(settings, tmp_path / "collector-home", {"SIP_TGRP_PEERS": TGRP_PEERS})
         with collector_log.open("ab") as out:
             collector = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "ingest", "hep", "--host", "127.0.0.1",

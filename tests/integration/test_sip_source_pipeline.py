@@ -51,6 +51,8 @@ PEOPLE_CALLS = 10
 PEOPLE_RATE = 0.3
 MAX_S = 150
 UNSIGNED = "X-Unsigned: yes"
+#: SIPp stands in for interconnect peers that name their trunk groups: its tgrp is believed.
+TGRP_PEERS = "127.0.0.1"
 TRUNK_THRESHOLDS = {"label": 0.4, "rate_limit": 0.5, "block": 0.55}
 
 
@@ -75,7 +77,7 @@ def test_rotating_robot_found_and_stopped_at_its_trunk(
     kam = KamailioProcess(run_dir=tmp_path / "kamailio", hep_port=hep_port,
                           dest_uri=f"sip:127.0.0.1:{answer.port}",
                           redress=settings.redress_contact, unalloc_prefix=UNALLOCATED_PREFIX,
-                          unalloc_uri=f"sip:127.0.0.1:{unalloc.port}")
+                          unalloc_uri=f"sip:127.0.0.1:{unalloc.port}", tgrp_peers=TGRP_PEERS)
     worker = WorkerProcess(settings, tmp_path / "worker", f"src-{tag}",
                            extra_env={**TEST_ENV, f"{ENV_PREFIX}POLICY_NAME": f"src-{tag}"})
     adapter = AdapterProcess(settings, tmp_path / "adapter", kam.rpc_url, switch)
@@ -88,7 +90,7 @@ def test_rotating_robot_found_and_stopped_at_its_trunk(
     acks = TopicReader(settings, ACKS.name)
     decisions = TopicReader(settings, DECISIONS.name)
     try:
-        env = child_env(settings, tmp_path / "collector-home")
+        env = child_env(settings, tmp_path / "collector-home", {"SIP_TGRP_PEERS": TGRP_PEERS})
         with collector_log.open("ab") as out:
             collector = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "ingest", "hep", "--host", "127.0.0.1",
