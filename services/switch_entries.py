@@ -52,6 +52,7 @@ MAX_NUMBER_DIGITS = 15
 
 # Why a decision cannot be applied to this switch (metric label, ack detail prefix).
 SKIP_OTHER_SWITCH = "other_switch"
+SKIP_NO_SWITCH = "no_switch"
 SKIP_UNSUPPORTED_MATCH = "unsupported_match"
 SKIP_BAD_TARGET = "bad_target"
 SKIP_UNKNOWN_SCOPE = "unknown_scope"
@@ -164,6 +165,12 @@ def _trunk_key(decision: Decision, target: str, switch: str) -> str:
     if decision.switch is not None and decision.switch.replace("/", "_") != target_switch:
         raise Unsupported(SKIP_BAD_TARGET, f"decision names switch {decision.switch!r} but its "
                           f"trunk target is on {target_switch!r}")
+    if target_switch == UNKNOWN:
+        # streams.scope.covers matches "-/<trunk>" only to calls whose events named no switch;
+        # applying it here would stop calls the one coverage rule says it does not cover.
+        raise Unsupported(SKIP_NO_SWITCH, f"trunk {trunk} of no named switch ({UNKNOWN!r}): "
+                          f"the coverage rule matches it to no call of switch {switch}, not "
+                          "applied (name the switch on the events: ingest --switch)")
     if target_switch != switch.replace("/", "_"):
         raise Unsupported(SKIP_OTHER_SWITCH, f"trunk {trunk} of switch {target_switch}, not of "
                           f"this switch {switch}: nothing to apply here")

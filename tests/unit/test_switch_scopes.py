@@ -8,8 +8,9 @@ import pytest
 from services.settings import Settings
 from services.switch_adapter import (SKIP_OLDER, RpcOp, fold_latest, plan_decision,
                                      rebuild_plan, unblock_of_key, version_of)
-from services.switch_entries import (SKIP_BAD_TARGET, SKIP_OTHER_SWITCH, SKIP_UNKNOWN_SCOPE,
-                                     SKIP_UNSUPPORTED_MATCH, Tables, entry_value)
+from services.switch_entries import (SKIP_BAD_TARGET, SKIP_NO_SWITCH, SKIP_OTHER_SWITCH,
+                                     SKIP_UNKNOWN_SCOPE, SKIP_UNSUPPORTED_MATCH, Tables,
+                                     entry_value)
 from streams.schema import Decision
 from streams.scope import CallMatch, decision_key, trunk_id
 
@@ -94,6 +95,16 @@ def test_other_switch_trunk_is_skipped_with_why() -> None:
     assert "kam-8" in p.detail and SWITCH in p.detail
     # An unblock of another switch's trunk touches nothing here either.
     assert plan(trunk("tg-robot", switch="kam-8", action="unblock")).skip == SKIP_OTHER_SWITCH
+
+
+def test_a_trunk_of_no_named_switch_is_not_applied_here() -> None:
+    """``-/<trunk>`` (events without a switch): streams.scope.covers matches it to no call of a
+    named switch, so applying it would stop calls the coverage rule says it does not cover."""
+    d = scoped("trunk", trunk_id(None, "gw-1"))
+    assert d.covers("8613800138000", "8613900139000", None, "gw-1", None)
+    assert not d.covers("8613800138000", "8613900139000", SWITCH, "gw-1", None)
+    p = plan(d)
+    assert p.skip == SKIP_NO_SWITCH and p.ops == ()
 
 
 @pytest.mark.parametrize("match", [
