@@ -9,8 +9,8 @@ rules and the tests) and the dashboards are built with Grafana's own ``grafana-f
 whose builders emit the JSON model Grafana 11 loads. The committed files are what Grafana's and
 Prometheus's provisioning read; ``--check`` (run by the tests) keeps them equal to the code.
 
-Three dashboards: the NOC overview (is traffic flowing, what are we doing to it, and the
-other processes: ingest, switch adapter, control API), detection quality (are we right: false
+Three dashboards: the NOC overview (is traffic flowing, what are we doing to it, the campaigns
+stopped by range and trunk, and the other processes: ingest, switch adapter, control API), detection quality (are we right: false
 positives, precision, latency, leakage, model health) and the policy board (which policy
 version is in force, its shadow candidate, the kill switch, automatic rollbacks).
 """
@@ -51,6 +51,8 @@ TIME_FROM = "now-6h"
 REFRESH = "30s"
 #: Grafana's grid is 24 columns wide.
 FULL, HALF, THIRD, QUARTER = 24, 12, 8, 6
+#: A quarter plus two three-eighths fill a row (the campaigns row: one stat, two graphs).
+THREE_EIGHTHS = 9
 GRAPH_HEIGHT, STAT_HEIGHT = 8, 4
 REF_IDS = "ABCDEFGHIJ"
 GREEN, ORANGE, RED = "green", "orange", "red"
@@ -125,8 +127,8 @@ def noc_overview() -> Dashboard:
                   "around the workers: ingest (HEP/ISUP/CDR collectors), switch adapters "
                   "(decisions applied on the switches) and the control API.")
         .with_row(Row("Now"))
-        .with_panel(single("Blocks active", "Numbers under a live (not dry-run) block.",
-                           "short", Target(q.BLOCKS_ACTIVE, "blocks"),
+        .with_panel(single("Blocks active", "Numbers, ranges and trunks under a live (not "
+                           "dry-run) block.", "short", Target(q.BLOCKS_ACTIVE, "blocks"),
                            _thresholds((None, GREEN))))
         .with_panel(single("Worst partition lag", "Messages of signaling.events not processed "
                            "yet, on the partition furthest behind.", "short",
@@ -147,11 +149,40 @@ def noc_overview() -> Dashboard:
         .with_panel(graph("Decisions by action", "Decisions published per second, dry-run "
                           "included (see the policy board for the split).", "ops",
                           [Target(q.DECISIONS_BY_ACTION, "{{action}}")]))
-        .with_panel(graph("Blocks active", "Numbers under a live block, summed over workers.",
-                          "short", [Target(q.BLOCKS_ACTIVE, "blocks")]))
+        .with_panel(graph("Decisions by scope", "Decisions per second on numbers, ranges "
+                          "(prefix) and trunks.", "ops",
+                          [Target(q.DECISIONS_BY_SCOPE, "{{scope}}")]))
+        .with_panel(graph("Blocks active by scope", "Numbers, ranges and trunks under a live "
+                          "block, summed over workers.", "short",
+                          [Target(q.BLOCKS_ACTIVE_BY_SCOPE, "{{scope}}")]))
         .with_panel(graph(f"Block limiter trips ({q.LIMITER_WINDOW})", "New blocks turned into "
                           "dry-run by the blast-radius limiter.", "short",
                           [Target(q.LIMITER_TRIPS, "trips")]))
+        .with_row(Row("Campaigns"))
+        .with_panel(single("Campaigns stopped", "Ranges and trunks under a live rate limit or "
+                           "block: campaigns of robots that rotate their caller number.",
+                           "short", Target(q.CAMPAIGNS_ACTIVE, "campaigns"),
+                           _thresholds((None, GREEN)), width=QUARTER))
+        .with_panel(graph("Campaigns stopped by scope", "Ranges (prefix) and trunks under a "
+                          "live rate limit or block.", "short",
+                          [Target(q.CAMPAIGNS_ACTIVE_BY_SCOPE, "{{scope}}")], width=THREE_EIGHTHS))
+        .with_panel(graph("Range and trunk decisions by action", "Scoped decisions published "
+                          "per second, dry-run included.", "ops",
+                          [Target(q.SCOPED_DECISIONS_BY_SCOPE_ACTION, "{{scope}} {{action}}")],
+                          width=THREE_EIGHTHS))
+        .with_panel(graph("Source events", "Accepted events re-keyed by trunk and range "
+                          "(out) and folded into their state (folded), per second.", "ops",
+                          [Target(q.SOURCE_EVENTS_OUT_BY_KIND, "out {{kind}}"),
+                           Target(q.SOURCE_EVENTS_FOLDED_BY_KIND, "folded {{kind}}")],
+                          width=THIRD))
+        .with_panel(graph("Sources tracked and scored", "Trunks and ranges in the source "
+                          "stage's hot cache, and feature vectors scored per second.", "short",
+                          [Target(q.SOURCES_TRACKED_BY_KIND, "tracked {{kind}}"),
+                           Target(q.SOURCE_SCORES_BY_KIND, "scored/s {{kind}}")], width=THIRD))
+        .with_panel(graph("Spoofed-number holds", "Number decisions held back to a label "
+                          "because the number arrives on several trunks (its owner would be "
+                          "cut off), per second.", "ops",
+                          [Target(q.SPOOFED_NUMBER_HOLDS, "holds")], width=THIRD))
         .with_row(Row("Pipeline health"))
         .with_panel(graph("Consumer lag by partition", "Messages of signaling.events not "
                           "processed yet.", "short",
@@ -211,7 +242,16 @@ def detection_quality() -> Dashboard:
                           "positive) or legitimate (false positive).", "short",
                           [Target(q.true_positives_record("24h"), "{{policy}} true positives"),
                            Target(q.false_positives_record("24h"),
-                                  "{{policy}} false positives")], width=FULL))
+                                  "{{policy}} false positives")]))
+        .with_panel(graph(f"False-positive rate by policy and scope "
+                          f"({q.SCOPE_QUALITY_WINDOW})", "Legitimate labels per live block "
+                          "or rate limit, split by what was enforced against: numbers, ranges "
+                          "(every labelled number inside counts) and trunks; the dashed line "
+                          "is the target.", "percentunit",
+                          [Target(q.scope_fp_rate_record(q.SCOPE_QUALITY_WINDOW),
+                                  "{{policy}} {{scope}}"),
+                           Target(q.FP_RATE_TARGET_RECORD, TARGET_LEGEND)])
+                    .override_by_name(TARGET_LEGEND, TARGET_LINE_STYLE))
         .with_row(Row("Speed and leakage"))
         .with_panel(graph("Decision latency", "From the triggering event's time to the "
                           "decision (meaningful on live traffic).", "s",
@@ -275,6 +315,10 @@ def policy_board() -> Dashboard:
                           "did over the last day.", "short",
                           [Target(q.DECISIONS_24H_BY_POLICY_ACTION,
                                   "{{policy}} {{action}} dry_run={{dry_run}}")]))
+        .with_panel(graph("Decisions in 24h by scope, action and dry-run", "The same day by "
+                          "what was decided on: numbers, ranges (prefix), trunks.", "short",
+                          [Target(q.DECISIONS_24H_BY_SCOPE_ACTION,
+                                  "{{scope}} {{action}} dry_run={{dry_run}}")], width=FULL))
     )
 
 

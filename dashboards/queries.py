@@ -37,6 +37,11 @@ CONSUMER_LAG_ALERT_MESSAGES = 10_000
 DLQ_RATIO_ALERT = 0.01
 #: Decision actions that act on traffic (streams.policy.ENFORCING); "label" only annotates.
 ENFORCING_ACTIONS_REGEX = "block|rate_limit"
+#: Scopes decided per source (streams.scope.SOURCE_SCOPES): the campaigns of robots that
+#: rotate their caller number, stopped by range or by trunk.
+SOURCE_SCOPES_REGEX = "prefix|trunk"
+#: Window of the per-scope quality rules: feedback on range and trunk decisions is sparse.
+SCOPE_QUALITY_WINDOW = "24h"
 
 #: Counted auto-rollbacks stay visible (panel) and alerting this long after they happened.
 ROLLBACK_WINDOW = "1h"
@@ -113,6 +118,22 @@ def fp_rate_record(window: str) -> str:
     return f"policy:dialguard_false_positive_rate:ratio{window}"
 
 
+def scope_enforcing_record(window: str) -> str:
+    """Live block and rate-limit decisions per policy and scope over ``window``."""
+    return f"policy_scope:dialguard_enforcing_decisions:increase{window}"
+
+
+def scope_false_positives_record(window: str) -> str:
+    """Labelled-legitimate enforcement per policy and scope over ``window`` (a range's counts
+    every number inside it labelled legitimate)."""
+    return f"policy_scope:dialguard_false_positives:increase{window}"
+
+
+def scope_fp_rate_record(window: str) -> str:
+    """False positives per enforcing decision, per policy and scope, over ``window``."""
+    return f"policy_scope:dialguard_false_positive_rate:ratio{window}"
+
+
 def precision_record(window: str) -> str:
     """Estimated precision tp / (tp + fp) of enforcement, per policy over ``window``."""
     return f"policy:dialguard_precision:ratio{window}"
@@ -127,7 +148,13 @@ class RecordingRule:
 
 
 def _increase_by_policy(selector: str, window: str) -> str:
+    """Summed over every other label, ``scope`` included: a policy's quality counts its
+    number, range and trunk decisions alike (the per-scope split has its own rules)."""
     return f"sum by (policy) (increase({selector}[{window}]))"
+
+
+def _increase_by_policy_scope(selector: str, window: str) -> str:
+    return f"sum by (policy, scope) (increase({selector}[{window}]))"
 
 
 def _or_zero(record: str, fallback: str) -> str:
@@ -158,11 +185,25 @@ def quality_rules(window: str) -> list[RecordingRule]:
     ]
 
 
+def scope_quality_rules(window: str) -> list[RecordingRule]:
+    """The false-positive rate of each policy split by scope: are range and trunk decisions,
+    which cut off everyone behind them, as right as number decisions?"""
+    enforcing = scope_enforcing_record(window)
+    fps = scope_false_positives_record(window)
+    return [
+        RecordingRule(enforcing, _increase_by_policy_scope(ENFORCING_DECISIONS, window)),
+        RecordingRule(fps, _increase_by_policy_scope(FALSE_POSITIVES, window)),
+        RecordingRule(scope_fp_rate_record(window),
+                      f"{_or_zero(fps, enforcing)} / ({enforcing} > 0)"),
+    ]
+
+
 def recording_rules() -> list[RecordingRule]:
     """All recording rules, in evaluation order (a rule may use the ones before it)."""
     rules = [RecordingRule(FP_RATE_TARGET_RECORD, f"vector({FP_RATE_TARGET})")]
     for window in QUALITY_WINDOWS:
         rules.extend(quality_rules(window))
+    rules.extend(scope_quality_rules(SCOPE_QUALITY_WINDOW))
     dead = f"sum(rate(dialguard_dead_letters_total[{RATE_WINDOW}]))"
     accepted = f"sum(rate(dialguard_events_total[{RATE_WINDOW}]))"
     rules.append(RecordingRule(DLQ_RATIO_RECORD, f"{dead} / ({accepted} + {dead})"))
@@ -178,6 +219,24 @@ def quantile(q: float, histogram: str, window: str) -> str:
 EVENTS_BY_PROTO_KIND = f"sum by (proto, kind) (rate(dialguard_events_total[{RATE_WINDOW}]))"
 DECISIONS_BY_ACTION = f"sum by (action) (rate(dialguard_decisions_total[{RATE_WINDOW}]))"
 BLOCKS_ACTIVE = "sum(dialguard_blocks_active)"
+BLOCKS_ACTIVE_BY_SCOPE = "sum by (scope) (dialguard_blocks_active)"
+DECISIONS_BY_SCOPE = f"sum by (scope) (rate(dialguard_decisions_total[{RATE_WINDOW}]))"
+
+# -- campaigns: ranges and trunks (the source stage) ---------------------------------------------
+CAMPAIGNS_ACTIVE = "sum(dialguard_campaigns_active)"
+CAMPAIGNS_ACTIVE_BY_SCOPE = "sum by (scope) (dialguard_campaigns_active)"
+SCOPED_DECISIONS_BY_SCOPE_ACTION = (f"sum by (scope, action) (rate(dialguard_decisions_total"
+                                    f'{{scope=~"{SOURCE_SCOPES_REGEX}"}}[{RATE_WINDOW}]))')
+SOURCE_EVENTS_FOLDED_BY_KIND = (f"sum by (kind) "
+                                f"(rate(dialguard_source_events_folded_total[{RATE_WINDOW}]))")
+SOURCE_EVENTS_OUT_BY_KIND = (f"sum by (kind) "
+                             f"(rate(dialguard_source_events_total[{RATE_WINDOW}]))")
+SOURCES_TRACKED_BY_KIND = "sum by (kind) (dialguard_sources_tracked)"
+SOURCE_SCORES_BY_KIND = f"sum by (kind) (rate(dialguard_source_scores_total[{RATE_WINDOW}]))"
+SPOOFED_NUMBER_HOLDS = f"sum(rate(dialguard_spoofed_number_holds_total[{RATE_WINDOW}]))"
+#: The policy board's view of a day of decisions, by scope as well as action.
+DECISIONS_24H_BY_SCOPE_ACTION = ("sum by (scope, action, dry_run) "
+                                 "(increase(dialguard_decisions_total[24h]))")
 #: max, not sum: after a rebalance the previous owner may still export its last value.
 CONSUMER_LAG_BY_PARTITION = "max by (partition) (dialguard_consumer_lag_messages)"
 WORST_PARTITION_LAG = f"max({CONSUMER_LAG_BY_PARTITION})"

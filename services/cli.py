@@ -141,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="produce realistic signaling with ground truth",
                        description="Simulate subscribers, robocallers, scanners, snowshoe "
-                                   "pools, spoofers, call centers and emergency calls; write "
-                                   "ground truth for evaluation.")
+                                   "pools, spoofers, rotating-number, neighbour-spoofing and "
+                                   "number-pool campaigns, call centers, a company PBX, a "
+                                   "bank OTP service, an interconnect trunk and emergency "
+                                   "calls; write ground truth for evaluation (per number, and "
+                                   "per call with --call-truth).")
     from services.simulator import add_arguments
 
     add_arguments(p)
@@ -150,9 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="detection quality against the simulator's ground truth",
                        description="Simulate scenario sets (several seeds, hard mixes), run "
-                                   "the detector on them and print precision, recall, "
-                                   "false-positive rate, calls leaked and time to block per "
-                                   "run and per population; write a PNG plot.")
+                                   "the detector on them and print, per call in event time, "
+                                   "the calls stopped per population and campaign (robots: "
+                                   "after 10 minutes, time to first stop; legitimate: against "
+                                   "the 0.01 % target; emergency), decisions per scope, and "
+                                   "per number precision, recall, false-positive rate, calls "
+                                   "leaked and time to block; write a PNG plot.")
     from services.evaluate import add_arguments as add_eval_arguments
 
     add_eval_arguments(p)

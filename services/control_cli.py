@@ -114,14 +114,74 @@ def _allow_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
         _show(api.get("/api/v1/allowlist"))
     elif args.action == "add":
-        body: dict[str, Any] = {"number": args.number, "prefix": args.prefix,
-                                "reason": args.reason}
+        body: dict[str, Any] = {"reason": args.reason}
+        if args.trunk:
+            if args.number or args.prefix:
+                raise ValueError("give a number (or --prefix digits) or --trunk, not both")
+            body["trunk"] = args.trunk
+        else:
+            body.update(number=args.number, prefix=args.prefix)
         if args.ttl:
             body["ttl_s"] = args.ttl
         _show(api.post("/api/v1/allowlist", body)["entry"])
+    elif args.trunk:
+        api.delete(f"/api/v1/allowlist/trunk/{_trunk_path(args.trunk)}", reason=args.reason)
+        print(f"removed trunk {args.trunk} from the allowlist")
     else:
         api.delete(f"/api/v1/allowlist/{quote(args.number)}", reason=args.reason)
         print(f"removed {args.number} from the allowlist")
+    return 0
+
+
+def _trunk_path(tid: str) -> str:
+    """``<switch>/<trunk>`` as two path segments (a '/' inside the trunk part is escaped)."""
+    switch, sep, trunk = tid.partition("/")
+    if not sep or not switch or not trunk:
+        raise ValueError(f"trunk {tid!r} must be <switch>/<trunk>")
+    return f"{quote(switch)}/{quote(trunk)}"
+
+
+# -- ranges and trunks --------------------------------------------------------------------
+def _source_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    """Look up, block or unblock a number range (``prefix``) or a trunk."""
+    api = _client(args, settings)
+    path = (f"/api/v1/prefixes/{quote(args.target)}" if args.scope == "prefix"
+            else f"/api/v1/trunks/{_trunk_path(args.target)}")
+    if args.action == "lookup":
+        _show(api.get(path))
+    elif args.action == "block":
+        body: dict[str, Any] = {"reason": args.reason, "ttl_s": args.ttl}
+        if args.attest or args.neighbour_tail:
+            if args.scope != "trunk":
+                raise ValueError("--attest / --neighbour-tail narrow a trunk block only")
+            match: dict[str, Any] = {}
+            if args.attest:
+                match["attest"] = args.attest.split(",")
+            if args.neighbour_tail:
+                match["neighbour_tail"] = args.neighbour_tail
+            body["match"] = match
+        _show(api.post(path + "/block", body)["decision"])
+    else:
+        body = {"reason": args.reason}
+        if args.allow_for:
+            body["allow_for_s"] = args.allow_for
+        _show(api.post(path + "/unblock", body)["decision"])
+    return 0
+
+
+def _campaigns_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    records = _client(args, settings).get("/api/v1/campaigns", scope=args.scope)["campaigns"]
+    if args.json:
+        _show(records)
+        return 0
+    for d in records:
+        mode = " (dry-run)" if d.get("dry_run") else ""
+        print(f"{d['action']:<10}{mode} {d.get('covers', d['number'])}  "
+              f"[{d['policy']} v{d['policy_version']}]")
+        for reason in d.get("reasons") or []:
+            print(f"    {reason}")
+    if not records:
+        print("no range or trunk decision in force")
     return 0
 
 
@@ -189,9 +249,15 @@ def _whatif_cmd(args: argparse.Namespace, settings: Settings) -> int:
         c = r[side]
         print(f"{side:>12} {c['label']:>8} {c['rate_limit']:>10} {c['block']:>8} "
               f"{r['estimated_false_positives'][side]:>8}")
-    print(f"{r['changed_total']} numbers change:")
+    for scope, sides in (r.get("by_scope") or {}).items():
+        if scope == "number" or not r.get("keys_by_scope", {}).get(scope):
+            continue
+        cur, cand = sides["current"], sides["candidate"]
+        print(f"{scope + 'es' if scope == 'prefix' else scope + 's':>12} "
+              + "  ".join(f"{a} {cur[a]}->{cand[a]}" for a in ("label", "rate_limit", "block")))
+    print(f"{r['changed_total']} numbers and sources change:")
     for ch in r["changed"][:args.show]:
-        print(f"  {ch['number']:<16} {ch['from']:>10} -> {ch['to']:<10} score {ch['score']:.2f}"
+        print(f"  {ch['number']:<24} {ch['from']:>10} -> {ch['to']:<10} score {ch['score']:.2f}"
               + ("  (labelled legitimate)" if ch["legit_label"] else ""))
     return 0
 
@@ -282,12 +348,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_switches_cmd)
 
     p = sub.add_parser("allow", parents=[client], help="the allowlist",
-                       description="List, add (number or --prefix, with reason and optional "
-                                   "--ttl) or remove allowlist entries. Built-in emergency "
+                       description="List, add (number, --prefix digits or --trunk "
+                                   "SWITCH/TRUNK, with reason and optional --ttl) or remove "
+                                   "allowlist entries. Built-in emergency "
                                    "numbers are listed and cannot be removed.")
     p.add_argument("action", choices=["list", "add", "remove"])
     p.add_argument("number", nargs="?", default="", help="number or prefix digits")
     p.add_argument("--prefix", action="store_true", help="allowlist every number under it")
+    p.add_argument("--trunk", default="", metavar="SWITCH/TRUNK",
+                   help="allowlist (or remove) a trunk instead: no range or trunk decision "
+                        "is ever made on it")
     p.add_argument("--ttl", type=int, default=0, help="seconds until it expires (0 = never)")
     p.add_argument("--reason", default="", help="why (required; audited)")
     p.set_defaults(func=_allow_cmd)
@@ -335,6 +405,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-for", type=int, default=0, help="unblock: allowlist seconds")
     p.set_defaults(func=_number_cmd)
 
+    p = sub.add_parser("source", parents=[client], help="look up, block or unblock a range "
+                       "or a trunk", description="A number range (prefix DIGITS) or a trunk "
+                       "(trunk SWITCH/TRUNK): lookup shows its decisions, whether the "
+                       "allowlist protects it, its latest score and features; block / unblock "
+                       "publish a manual scoped decision (audited). A block is refused for a "
+                       "protected source and for ranges shorter than the API's minimum; "
+                       "--attest / --neighbour-tail block only that part of a trunk's calls.")
+    p.add_argument("action", choices=["lookup", "block", "unblock"])
+    p.add_argument("scope", choices=["prefix", "trunk"])
+    p.add_argument("target", help="range digits, or SWITCH/TRUNK")
+    p.add_argument("--reason", default="")
+    p.add_argument("--ttl", type=int, default=3600, help="block seconds")
+    p.add_argument("--attest", default="", help="trunk block: only calls with these "
+                                                "attestations, e.g. B,C,none")
+    p.add_argument("--neighbour-tail", type=int, default=0,
+                   help="trunk block: only calls whose caller equals the callee but for the "
+                        "last N digits (neighbour spoofing)")
+    p.add_argument("--allow-for", type=int, default=0, help="trunk unblock: allowlist seconds")
+    p.set_defaults(func=_source_cmd)
+
+    p = sub.add_parser("campaigns", parents=[client], help="ranges and trunks being stopped",
+                       description="Range and trunk decisions in force (dry-run included), "
+                                   "newest first, with what they cover and why.")
+    p.add_argument("--scope", default="", choices=["", "prefix", "trunk"])
+    p.add_argument("--json", action="store_true", help="full decision records")
+    p.set_defaults(func=_campaigns_cmd)
+
     p = sub.add_parser("whatif", parents=[client], help="preview a candidate policy",
                        description="Replay the latest score of every number seen in the "
                                    "window through the live and the candidate policy: counts, "
@@ -368,5 +465,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 #: Subcommands added by :func:`register` (tests check each explains itself).
-COMMANDS = ("api", "policy", "switches", "allow", "feedback", "appeal", "number", "whatif",
-            "audit", "token")
+COMMANDS = ("api", "policy", "switches", "allow", "feedback", "appeal", "number", "source",
+            "campaigns", "whatif", "audit", "token")

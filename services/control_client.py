@@ -17,6 +17,7 @@ from services.admin import watermarks
 from services.settings import Settings
 from streams.policy import Policy, PolicyError, shadow_key
 from streams.schema import AllowEntry, AuditRecord, Label
+from streams.scope import SCOPE_TRUNK, decision_key
 from streams.sink import producer_config
 from streams.topics import ALLOWLIST, AUDIT, FEEDBACK, POLICY, POLICY_HISTORY
 
@@ -117,8 +118,14 @@ def publish_control_record(settings: Settings, key: str, value: bytes | None) ->
     _produce(settings, POLICY.name, key.encode(), value)
 
 
+def allow_key(entry: AllowEntry) -> str:
+    """Topic key of an allowlist entry: the number or prefix, ``trunk:<switch>/<trunk>`` for a
+    trunk (the key workers look trunks up by, :meth:`streams.policy.AllowList.protects_source`)."""
+    return decision_key(SCOPE_TRUNK, entry.number) if entry.trunk else entry.number
+
+
 def publish_allow(settings: Settings, entry: AllowEntry) -> None:
-    _produce(settings, ALLOWLIST.name, entry.number.encode(), entry.encode())
+    _produce(settings, ALLOWLIST.name, allow_key(entry).encode(), entry.encode())
 
 
 def publish_label(settings: Settings, label: Label) -> None:

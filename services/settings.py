@@ -141,6 +141,11 @@ class Settings:
     api_appeal_allow_s: int = 30 * 86_400
     #: Numbers whose latest score / decisions / labels the API keeps in memory (oldest go).
     api_view_max_numbers: int = 200_000
+    #: Scoped (range and trunk) targets the analyst may allowlist, block and look up:
+    #: shortest range an analyst may block (a 2-digit range would cut off a country) and
+    #: shortest range that may be allowlisted (allowlisting "8" would shield most robots).
+    api_min_block_prefix: int = 5
+    api_min_allow_prefix: int = 3
 
     # --- Ingest: HEP/SIP, ISUP, CDR (services/ingest) --------------------------------------
     hep_host: str = "127.0.0.1"

@@ -5,6 +5,15 @@ traffic whose every caller is known: each event comes from an *actor* (a subscri
 call center...) and every number that calls is written to a truth file with its population,
 campaign and a robot flag.
 
+Truth has two grains, because robots borrow numbers:
+
+* per number (:meth:`Simulation.truth`, the ``--truth`` file): the number's *owner*. A
+  subscriber whose number a rotating campaign showed stays a subscriber; a number a robot made
+  up belongs to that robot.
+* per call (:meth:`Simulation.labelled_events` in process, the ``--call-truth`` file from the
+  CLI): the actor that really placed the call, and whether the number it showed is someone
+  else's (``spoofed``). ``make eval`` scores calls with this.
+
 How it works, and why:
 
 * Every actor owns a random generator seeded from ``(seed, actor)``, so a run is reproducible
@@ -28,8 +37,13 @@ Populations:
 * scanners: dial ranges in number order; most of the range is dead; one-ring calls.
 * snowshoe pools: hundreds of numbers in one block on one trunk, each too quiet to stand out.
 * spoofers: a fresh, never repeated caller ID on every call, all on one gateway trunk.
+* issue 10's robots and their legitimate look-alikes (:mod:`services.sim_campaigns`): rotating
+  numbers (some real subscribers', spoofed), neighbour spoofing inside an interconnect trunk,
+  300-number pools in one 10 000-number block; a company PBX's DIDs in one block, a bank's
+  voice-OTP pool, other carriers' people on the interconnect trunk.
 * call centers (bank, hospital, delivery): robot volume in business hours, but answered and
-  minutes long, and customers call them back. These must never be blocked.
+  minutes long, and customers call them back. These must never be blocked. The bank's (and a
+  collections agency's) numbers share an enterprise trunk of their own.
 * emergency: subscribers call 110/119/120/122/112/911, and the PSAP (110 or 120) calls the
   caller and others back after an incident.
 """
@@ -125,9 +139,25 @@ SPOOFED = "spoofed"
 CALL_CENTER = "call_center"
 CUSTOMER = "customer"
 EMERGENCY = "emergency"
-POPULATIONS = (SUBSCRIBER, ROBOCALLER, SCANNER, SNOWSHOE, SPOOFED, CALL_CENTER, CUSTOMER,
-               EMERGENCY)
-ROBOT_POPULATIONS = (ROBOCALLER, SCANNER, SNOWSHOE, SPOOFED)
+#: Issue 10's robots (services.sim_campaigns): a fresh caller number on every call (some of
+#: them real subscribers' numbers), neighbour spoofing inside a shared interconnect, and a pool
+#: of numbers in one number block making a handful of calls each.
+ROTATING = "rotating"
+NEIGHBOUR = "neighbour"
+POOL = "pool"
+#: ...and the legitimate traffic that looks like them at the pool level: a company PBX with
+#: hundreds of DIDs in one block, a bank's voice one-time-password service calling from a pool,
+#: and other carriers' subscribers arriving over an interconnect trunk.
+PBX = "pbx"
+OTP = "otp"
+INTERCONNECT = "interconnect"
+POPULATIONS = (SUBSCRIBER, ROBOCALLER, SCANNER, SNOWSHOE, SPOOFED, ROTATING, NEIGHBOUR, POOL,
+               CALL_CENTER, CUSTOMER, EMERGENCY, PBX, OTP, INTERCONNECT)
+ROBOT_POPULATIONS = (ROBOCALLER, SCANNER, SNOWSHOE, SPOOFED, ROTATING, NEIGHBOUR, POOL)
+#: Robots whose caller numbers are throwaway or borrowed (a made-up number per call, a real
+#: subscriber's number, the callee's neighbour): per-number scores mean nothing for them, so
+#: evaluation judges them per call.
+SPOOFING_POPULATIONS = (SPOOFED, ROTATING, NEIGHBOUR)
 NO_CAMPAIGN = "-"
 
 #: Share of people's numbers their operator fully attests (A); the rest get B (PBX, MVNO).
@@ -279,6 +309,9 @@ class CallCenters:
     callback_answered: float = 0.05
     #: Customers calling a number on their own, per number per day.
     inbound_per_day: float = 150.0
+    #: Orgs whose numbers all go out through one enterprise trunk of their own (the others
+    #: sit on ordinary access trunks).
+    enterprise_trunk_orgs: tuple[str, ...] = ("bank", "collections")
 
 
 @dataclass(frozen=True)
@@ -289,6 +322,130 @@ class Emergency:
     callback_share: float = 0.6
     #: ...and how many numbers it calls (the caller first, then witnesses, relatives).
     callback_numbers: tuple[int, int] = (1, 4)
+
+
+@dataclass(frozen=True)
+class RotatingCampaigns:
+    """Robots sold on "every call goes out with a random caller number": no number repeats.
+
+    Some calls show a real subscriber's number (spoofed), the rest a made-up mobile number;
+    every call of a campaign enters through its one trunk. Parameters are ranges drawn per
+    campaign, so campaigns differ in everything a robot operator can tune.
+    """
+
+    campaigns: int = 1
+    attempts_per_day: tuple[float, float] = (1500.0, 5000.0)
+    burst_min: tuple[float, float] = (10.0, 60.0)
+    active_hours_per_day: tuple[float, float] = (8.0, 14.0)
+    lines: tuple[int, int] = (4, 12)
+    answer: tuple[float, float] = (0.04, 0.15)
+    hangup_share: tuple[float, float] = (0.75, 0.95)
+    unallocated: tuple[float, float] = (0.05, 0.35)
+    #: Share of calls that show a real subscriber's number instead of a made-up one.
+    real_share: tuple[float, float] = (0.1, 0.5)
+    #: The last this many campaigns come in over an interconnect trunk shared with other
+    #: carriers' people (a transit carrier that takes anyone's traffic) instead of a trunk
+    #: of their own.
+    via_interconnect: int = 0
+
+
+@dataclass(frozen=True)
+class NeighbourCampaigns:
+    """Neighbour spoofing: the caller is the callee's number with its last digits made up.
+
+    The calls arrive over an interconnect trunk that also carries other carriers' ordinary
+    subscribers (:class:`Interconnects`), so the trunk as a whole is mostly legitimate.
+    """
+
+    campaigns: int = 1
+    attempts_per_day: tuple[float, float] = (800.0, 3000.0)
+    burst_min: tuple[float, float] = (10.0, 60.0)
+    active_hours_per_day: tuple[float, float] = (8.0, 12.0)
+    lines: tuple[int, int] = (3, 8)
+    #: A local-looking number is answered more often than other robots' calls.
+    answer: tuple[float, float] = (0.1, 0.3)
+    hangup_share: tuple[float, float] = (0.7, 0.9)
+    unallocated: tuple[float, float] = (0.05, 0.25)
+    #: Trailing digits the robot makes up; the rest are copied from the callee.
+    tail_digits: int = LINE_DIGITS
+
+
+@dataclass(frozen=True)
+class NumberPools:
+    """A campaign spread over a pool of numbers in one number block, a handful of calls each."""
+
+    pools: int = 1
+    numbers: int = 300
+    #: Size of the number block the pool is drawn from (a power of ten: 10 000 = last 4 digits).
+    block_size: int = NUMBERS_PER_BLOCK
+    #: Calls per number per day: far below any per-number threshold.
+    calls_per_number: tuple[float, float] = (4.0, 8.0)
+    burst_min: tuple[float, float] = (15.0, 60.0)
+    active_hours_per_day: tuple[float, float] = (8.0, 12.0)
+    lines: tuple[int, int] = (5, 20)
+    answer: tuple[float, float] = (0.05, 0.15)
+    hangup_share: tuple[float, float] = (0.75, 0.95)
+    unallocated: tuple[float, float] = (0.1, 0.3)
+
+
+@dataclass(frozen=True)
+class CompanyPbxs:
+    """Companies whose employees call out through a PBX: hundreds of DIDs in one number block
+    on one enterprise trunk; at the pool level a snowshoe look-alike, per call plainly human."""
+
+    companies: int = 1
+    dids: int = 300
+    block_size: int = NUMBERS_PER_BLOCK
+    #: Calls per DID per working day (each DID has its own rate in this range).
+    calls_per_did: tuple[float, float] = (3.0, 10.0)
+    answer: float = 0.75
+    median_duration_s: float = 180.0
+    #: Clients per employee, and the share of calls that go to one of them.
+    contacts: int = 25
+    contact_share: float = 0.8
+    #: Share of the company's calls its operator fully attests (the rest: B, PBX behind it).
+    attest_a: float = 0.5
+
+
+@dataclass(frozen=True)
+class OtpServices:
+    """A bank's voice one-time-password service: high volume from a pool of numbers, short
+    calls, but answered (the customer is waiting for the code) and each customer called once."""
+
+    services: int = 1
+    numbers: int = 20
+    block_size: int = NUMBERS_PER_BLOCK
+    #: Calls per service per day, following people's activity (logins, payments).
+    calls_per_day: float = 3000.0
+    answer: float = 0.93
+    duration_s: tuple[float, float] = (15.0, 40.0)
+    #: Customers who typed their number wrong.
+    unallocated: float = 0.003
+    #: Share of customers who are simulated subscribers.
+    subscriber_customers: float = 0.1
+
+
+@dataclass(frozen=True)
+class Interconnects:
+    """Interconnect trunks carrying other carriers' subscribers: ordinary people with numbers
+    from other operators' and countries' ranges, each calling a few times a day. Neighbour
+    spoofing campaigns hide in these trunks."""
+
+    trunks: int = 1
+    #: The last this many trunks are ISUP (no attestation at all on them).
+    isup_trunks: int = 0
+    people: int = 600
+    calls_per_day: float = 3.0
+    answer: float = 0.7
+    median_duration_s: float = 90.0
+    contacts: int = 8
+    contact_share: float = 0.85
+    #: Share of a person's contacts who are simulated subscribers.
+    subscriber_contacts: float = 0.5
+    #: Share of people with foreign numbers (the rest: other domestic operators).
+    foreign_share: float = 0.2
+    #: Attestation passed on from the originating carrier: A, B, else none (lost in transit).
+    attest: tuple[float, float] = (0.6, 0.15)
 
 
 @dataclass(frozen=True)
@@ -303,6 +460,12 @@ class Scenario:
     spoofers: Spoofers = field(default_factory=Spoofers)
     call_centers: CallCenters = field(default_factory=CallCenters)
     emergency: Emergency = field(default_factory=Emergency)
+    rotating: RotatingCampaigns = field(default_factory=RotatingCampaigns)
+    neighbour: NeighbourCampaigns = field(default_factory=NeighbourCampaigns)
+    pools: NumberPools = field(default_factory=NumberPools)
+    pbx: CompanyPbxs = field(default_factory=CompanyPbxs)
+    otp: OtpServices = field(default_factory=OtpServices)
+    interconnect: Interconnects = field(default_factory=Interconnects)
 
     @classmethod
     def default(cls) -> "Scenario":
@@ -318,7 +481,31 @@ class Scenario:
                    scanners=Scanners(count=1), snowshoe=Snowshoe(numbers=40),
                    spoofers=Spoofers(attempts_per_day=800.0),
                    call_centers=CallCenters(orgs=("bank",), numbers_per_org=2),
-                   emergency=Emergency(calls_per_day=EMERGENCY_CALLS_SMALL))
+                   emergency=Emergency(calls_per_day=EMERGENCY_CALLS_SMALL),
+                   rotating=RotatingCampaigns(attempts_per_day=(800.0, 1200.0)),
+                   neighbour=NeighbourCampaigns(attempts_per_day=(600.0, 900.0)),
+                   pools=NumberPools(numbers=100),
+                   pbx=CompanyPbxs(dids=60),
+                   otp=OtpServices(numbers=8, calls_per_day=600.0),
+                   interconnect=Interconnects(people=100))
+
+    @classmethod
+    def campaigns(cls) -> "Scenario":
+        """Issue 10's robots, several of each, next to every legitimate look-alike.
+
+        Rotating-number campaigns, neighbour spoofing hidden in interconnect trunks (one SIP,
+        one ISUP, so attestation cannot tell), number pools in one block; and company PBXs,
+        banks' OTP services, interconnect people and call centers on enterprise trunks.
+        """
+        return cls(robocallers=Robocallers(count=2), scanners=Scanners(count=1),
+                   rotating=RotatingCampaigns(campaigns=3, via_interconnect=1),
+                   neighbour=NeighbourCampaigns(campaigns=2),
+                   pools=NumberPools(pools=3),
+                   pbx=CompanyPbxs(companies=2),
+                   otp=OtpServices(services=2),
+                   interconnect=Interconnects(trunks=2, isup_trunks=1, people=1000),
+                   call_centers=CallCenters(orgs=("bank", "hospital", "delivery",
+                                                  "collections"), numbers_per_org=3))
 
     @classmethod
     def slow_robots(cls) -> "Scenario":
@@ -356,7 +543,7 @@ class Scenario:
         return replace(self, network=replace(self.network, country_code=country_code))
 
 
-SCENARIOS = ("default", "small", "slow_robots", "snowshoe_heavy", "collections",
+SCENARIOS = ("default", "small", "campaigns", "slow_robots", "snowshoe_heavy", "collections",
              "bursty_humans")
 
 
@@ -485,6 +672,17 @@ class Network:
     def gateway(name: str) -> Line:
         """A dedicated SIP interconnect trunk (wholesale carriers, international gateways)."""
         return Line(SIP, f"tk-gw-{name}", "sw-gw")
+
+    def enterprise(self, name: str) -> Line:
+        """A business's own SIP trunk (PBX, contact center) on one of the operator's SIP
+        switches, chosen by the name so it stays put when populations are resized."""
+        switches = sorted({line.switch for line in self.access if line.proto == SIP})
+        return Line(SIP, f"tk-ent-{name}", switches[zlib.crc32(name.encode()) % len(switches)])
+
+    @staticmethod
+    def interconnect(name: str, proto: str = SIP) -> Line:
+        """A trunk from another carrier: its subscribers' calls (and whatever hides among them)."""
+        return Line(proto, f"tk-ic-{name}", "sw-ic")
 
 
 @dataclass(frozen=True)
@@ -888,7 +1086,8 @@ Task = Callable[["Simulation", float], object]
 
 @dataclass(frozen=True)
 class _Emit:
-    """A future event on the heap; an attempt carries the truth of the number it reveals."""
+    """A future event on the heap with the truth of the actor that placed its call (which is
+    not the number's owner when the caller number is spoofed)."""
 
     event: SignalingEvent
     truth: TruthEntry | None
@@ -897,16 +1096,22 @@ class _Emit:
 class Simulation:
     """Deterministic for a seed: the same scenario, seed and start give the same events.
 
-    One simulation is one run: :meth:`events` may be consumed once; :meth:`truth` then lists
-    every number that has called so far (in order of first appearance).
+    One simulation is one run: :meth:`events` (or :meth:`labelled_events`) may be consumed
+    once; :meth:`truth` then lists every number that has called so far (in order of first
+    appearance).
+
+    Truth comes at two grains. Per number (:meth:`truth`, the truth file): who *owns* the
+    number, so a subscriber whose number a robot borrowed stays a subscriber. Per call
+    (:meth:`labelled_events`): who really placed the call, whatever number it showed; the two
+    differ exactly for spoofed calls (:meth:`spoofed`).
     """
 
     def __init__(self, scenario: Scenario, seed: int, start_ts: float) -> None:
         self.scenario = scenario
         self.seed = seed
         self.start_ts = start_ts
-        self.space = NumberSpace(scenario.network, self._rng("numbers"), salt=str(seed))
-        self.network = Network(scenario.network, self._rng("network"))
+        self.space = NumberSpace(scenario.network, self.rng("numbers"), salt=str(seed))
+        self.network = Network(scenario.network, self.rng("network"))
         self._heap: list[tuple[float, int, _Emit | Task]] = []
         self._seq = itertools.count()
         self._call_ids = itertools.count()
@@ -914,6 +1119,8 @@ class Simulation:
         self._truth_list: list[TruthEntry] = []
         #: Caller numbers taken by some actor (spoofers must not reuse one).
         self._callers: dict[str, None] = {}
+        #: Who owns a number (every actor's own numbers, not the ones robots make up).
+        self._owners: dict[str, TruthEntry] = {}
         self._by_number: dict[str, Subscriber] = {}
         self._customers: dict[str, Phone] = {}
         self._started = False
@@ -922,15 +1129,17 @@ class Simulation:
         self.actors: list[Actor] = self._build()
 
     # -- construction ------------------------------------------------------------------------
-    def _rng(self, *key: object) -> random.Random:
+    def rng(self, *key: object) -> random.Random:
         return random.Random("/".join(map(str, (self.seed, *key))))
 
-    def _phone(self, number: str, population: str, campaign: str, robot: bool,
+    def phone(self, number: str, population: str, campaign: str, robot: bool,
                attest: str | None, line: Line | None = None) -> Phone:
+        """A number an actor owns (its truth is the number's truth), on its line."""
         self.reserve_caller(number)
         line = line or self.network.home(number)
-        return Phone(number, line, attest if line.proto == SIP else None,
-                     TruthEntry(number, population, campaign, robot))
+        truth = TruthEntry(number, population, campaign, robot)
+        self._owners[number] = truth
+        return Phone(number, line, attest if line.proto == SIP else None, truth)
 
     def _build(self) -> list[Actor]:
         sc = self.scenario
@@ -938,42 +1147,49 @@ class Simulation:
         self._build_subscribers()
         actors += self.subscribers
         for i in range(sc.robocallers.count):
-            rnd = self._rng(ROBOCALLER, i)
-            number = self._fresh(rnd)
+            rnd = self.rng(ROBOCALLER, i)
+            number = self.fresh(rnd)
             attest = ROBOT_ATTEST_CYCLE[i % len(ROBOT_ATTEST_CYCLE)]
-            phone = self._phone(number, ROBOCALLER, f"robocall-{i}", True, attest,
-                                self.network.home(number, sip_only=attest == "A"))
+            phone = self.phone(number, ROBOCALLER, f"robocall-{i}", True, attest,
+                               self.network.home(number, sip_only=attest == "A"))
             self.dialers.append(Robocaller(phone, rnd, sc.robocallers))
         for i in range(sc.scanners.count):
-            rnd = self._rng(SCANNER, i)
-            phone = self._phone(self._fresh(rnd), SCANNER, f"scan-{i}", True,
-                                rnd.choice(("C", None)))
+            rnd = self.rng(SCANNER, i)
+            phone = self.phone(self.fresh(rnd), SCANNER, f"scan-{i}", True,
+                               rnd.choice(("C", None)))
             self.dialers.append(Scanner(phone, rnd, sc.scanners,
                                         self.space.sparse_block_start(rnd)))
-        pool_blocks = self._rng(SNOWSHOE).sample(range(10 ** POOL_BLOCK_DIGITS),
+        pool_blocks = self.rng(SNOWSHOE).sample(range(10 ** POOL_BLOCK_DIGITS),
                                                  sc.snowshoe.pools)
         for pool, block in enumerate(pool_blocks):
-            rnd = self._rng(SNOWSHOE, pool)
+            rnd = self.rng(SNOWSHOE, pool)
             self.dialers.append(SnowshoePool(self._pool_phones(pool, block, rnd), rnd,
                                              sc.snowshoe))
         for i in range(sc.spoofers.campaigns):
-            rnd = self._rng(SPOOFED, i)
+            rnd = self.rng(SPOOFED, i)
             self.dialers.append(Spoofer(f"spoof-{i}", Network.gateway(f"intl-{i}"), rnd,
                                         sc.spoofers))
+        from services import sim_campaigns  # its actors build on this module's classes
+
+        campaign_dialers, look_alikes = sim_campaigns.build(self)
+        self.dialers += campaign_dialers
         actors += self.dialers
+        actors += look_alikes
         for org in sc.call_centers.orgs:
+            line = self.network.enterprise(f"cc-{org}") \
+                if org in sc.call_centers.enterprise_trunk_orgs else None
             for j in range(sc.call_centers.numbers_per_org):
-                rnd = self._rng(CALL_CENTER, org, j)
-                phone = self._phone(self.space.service_number(rnd), CALL_CENTER, org, False,
-                                    "A" if rnd.random() < CALL_CENTER_ATTEST_A else "B")
+                rnd = self.rng(CALL_CENTER, org, j)
+                phone = self.phone(self.space.service_number(rnd), CALL_CENTER, org, False,
+                                   "A" if rnd.random() < CALL_CENTER_ATTEST_A else "B", line)
                 actors.append(CallCenter(phone, rnd, sc.call_centers))
-                actors.append(CustomerLine(phone, self._rng(CUSTOMER, org, j),
+                actors.append(CustomerLine(phone, self.rng(CUSTOMER, org, j),
                                            sc.call_centers.inbound_per_day))
-        psaps = {n: self._phone(n, EMERGENCY, f"psap-{n}", False, "A") for n in PSAP_NUMBERS}
-        actors.append(EmergencyDesk(psaps, self._rng(EMERGENCY), sc.emergency))
+        psaps = {n: self.phone(n, EMERGENCY, f"psap-{n}", False, "A") for n in PSAP_NUMBERS}
+        actors.append(EmergencyDesk(psaps, self.rng(EMERGENCY), sc.emergency))
         return actors
 
-    def _fresh(self, rnd: random.Random) -> str:
+    def fresh(self, rnd: random.Random) -> str:
         """A number no other actor uses (robots own ordinary-looking mobile numbers)."""
         while True:
             number = self.space.allocated(rnd)
@@ -982,10 +1198,10 @@ class Simulation:
 
     def _build_subscribers(self) -> None:
         p = self.scenario.subscribers
-        rnd = self._rng(SUBSCRIBER)
+        rnd = self.rng(SUBSCRIBER)
         numbers: list[str] = []
         while len(numbers) < p.count:
-            number = self._fresh(rnd)
+            number = self.fresh(rnd)
             self.reserve_caller(number)
             numbers.append(number)
         contacts: dict[str, dict[str, None]] = {n: {} for n in numbers}
@@ -999,9 +1215,9 @@ class Simulation:
             for _ in range(size - peers):
                 contacts[number][self.space.allocated(rnd)] = None
         for i, number in enumerate(numbers):
-            sub_rnd = self._rng(SUBSCRIBER, i)
-            phone = self._phone(number, SUBSCRIBER, NO_CAMPAIGN, False,
-                                "A" if sub_rnd.random() < HUMAN_ATTEST_A else "B")
+            sub_rnd = self.rng(SUBSCRIBER, i)
+            phone = self.phone(number, SUBSCRIBER, NO_CAMPAIGN, False,
+                               "A" if sub_rnd.random() < HUMAN_ATTEST_A else "B")
             sub = Subscriber(phone, sub_rnd, p)
             sub.contacts = list(contacts[number])
             self.subscribers.append(sub)
@@ -1015,8 +1231,8 @@ class Simulation:
         lines = rnd.sample(range(10 ** POOL_LINE_DIGITS), p.numbers)
         trunk = Network.gateway(f"wholesale-{pool}")
         attest = rnd.choice(("B", "C"))
-        return [self._phone(f"{block}{n:0{POOL_LINE_DIGITS}d}", SNOWSHOE, f"snowshoe-{pool}",
-                            True, attest, trunk) for n in lines]
+        return [self.phone(f"{block}{n:0{POOL_LINE_DIGITS}d}", SNOWSHOE, f"snowshoe-{pool}",
+                           True, attest, trunk) for n in lines]
 
     # -- used by actors ----------------------------------------------------------------------
     def after(self, ts: float, task: Task) -> None:
@@ -1037,31 +1253,34 @@ class Simulation:
         line = phone.line
         cid = f"{self.seed}-{next(self._call_ids)}"
 
+        def push(ev: SignalingEvent) -> None:
+            self._push(ev, phone.truth)
+
         def event(at: float, kind: str, **extra: Any) -> SignalingEvent:
             return SignalingEvent(ts=at, proto=line.proto, kind=kind, call_id=cid,
                                   caller=phone.number, callee=callee, trunk=line.trunk,
                                   switch=line.switch, **extra)
 
-        self._push(event(ts, "attempt", attest=phone.attest), phone.truth)
+        push(event(ts, "attempt", attest=phone.attest))
         isup = line.proto == ISUP
         if not self.space.is_allocated(callee):
             end = ts + rnd.uniform(*UNALLOCATED_FAIL_S)
-            self._push(event(end, "fail", code=fail_code(line.proto, UNALLOCATED, 0.0, rnd)))
+            push(event(end, "fail", code=fail_code(line.proto, UNALLOCATED, 0.0, rnd)))
             return CallResult(UNALLOCATED, end)
         if rnd.random() < style.answer:
             answer_ts = ts + rnd.uniform(*style.ring_s)
             duration = round(style.duration(rnd), 3)
             end = answer_ts + duration
-            self._push(event(answer_ts, "answer", code=None if isup else SIP_OK))
-            self._push(event(end, "release", duration_s=duration,
-                             code=ISUP_NORMAL_CLEARING if isup else None))
+            push(event(answer_ts, "answer", code=None if isup else SIP_OK))
+            push(event(end, "release", duration_s=duration,
+                       code=ISUP_NORMAL_CLEARING if isup else None))
             return CallResult(ANSWERED, end)
         if rnd.random() < style.busy:
             end = ts + rnd.uniform(*BUSY_FAIL_S)
-            self._push(event(end, "fail", code=fail_code(line.proto, BUSY, 0.0, rnd)))
+            push(event(end, "fail", code=fail_code(line.proto, BUSY, 0.0, rnd)))
             return CallResult(BUSY, end)
         rang = rnd.uniform(*style.give_up_s)
-        self._push(event(ts + rang, "fail", code=fail_code(line.proto, NO_ANSWER, rang, rnd)))
+        push(event(ts + rang, "fail", code=fail_code(line.proto, NO_ANSWER, rang, rnd)))
         return CallResult(NO_ANSWER, ts + rang)
 
     def customer_call(self, ts: float, customer: str, center: Phone,
@@ -1075,12 +1294,12 @@ class Simulation:
         if phone is None:
             if self.has_caller(customer):
                 return  # the number belongs to a robot or a spoofed ID: its truth stays true
-            phone = self._phone(customer, CUSTOMER, center.truth.campaign, False,
-                                "A" if rnd.random() < HUMAN_ATTEST_A else "B")
+            phone = self.phone(customer, CUSTOMER, center.truth.campaign, False,
+                               "A" if rnd.random() < HUMAN_ATTEST_A else "B")
             self._customers[customer] = phone
         self.call(ts, phone, center.number, CUSTOMER_STYLE, rnd)
 
-    def _push(self, event: SignalingEvent, truth: TruthEntry | None = None) -> None:
+    def _push(self, event: SignalingEvent, truth: TruthEntry) -> None:
         heapq.heappush(self._heap, (event.ts, next(self._seq), _Emit(event, truth)))
 
     # -- public ------------------------------------------------------------------------------
@@ -1089,6 +1308,18 @@ class Simulation:
 
         Calls still in progress at the end are cut there (an answer may lack its release).
         """
+        for ev, _ in self.labelled_events(duration_s):
+            yield ev
+
+    def labelled_events(self, duration_s: float = math.inf
+                        ) -> Iterator[tuple[SignalingEvent, TruthEntry]]:
+        """:meth:`events`, each with the per-call truth: who really placed its call.
+
+        Every event of a call (attempt, answer, release, fail) carries the same entry: the
+        placing actor's population, campaign and robot flag, with ``number`` = the caller
+        number it showed. For a spoofed call that is the robot, while :meth:`truth` keeps the
+        number's owner. The entries are shared, not copied, so this costs nothing per event.
+        """
         if self._started:
             raise RuntimeError("a Simulation runs once; build a new one for another run")
         self._started = True
@@ -1096,20 +1327,33 @@ class Simulation:
         for actor in self.actors:
             actor.start(self, self.start_ts)
         heap = self._heap
+        known = self._truth
         while heap:
             ts, _, item = heapq.heappop(heap)
             if ts >= end:
                 return
             if isinstance(item, _Emit):
-                if item.truth is not None and item.truth.number not in self._truth:
-                    self._truth[item.truth.number] = item.truth
-                    self._truth_list.append(item.truth)
-                yield item.event
+                ev = item.event
+                if ev.kind == "attempt" and ev.caller not in known:
+                    entry = self._owners.get(ev.caller, item.truth)
+                    known[ev.caller] = entry
+                    self._truth_list.append(entry)
+                yield ev, item.truth
             else:
                 item(self, ts)
 
+    def owner(self, number: str) -> TruthEntry | None:
+        """The truth of the actor that owns ``number`` (None: a number nobody owns)."""
+        return self._owners.get(number)
+
+    def spoofed(self, call_truth: TruthEntry) -> bool:
+        """Whether a call with this per-call truth showed a number someone else owns."""
+        owner = self._owners.get(call_truth.number)
+        return owner is not None and owner is not call_truth
+
     def truth(self) -> list[TruthEntry]:
-        """Every number that has called so far, with who it really is."""
+        """Every number that has called so far, with who owns it (robots' made-up numbers:
+        the robot)."""
         return list(self._truth_list)
 
     def truth_from(self, index: int) -> list[TruthEntry]:
@@ -1132,6 +1376,54 @@ def write_truth(path: Path, entries: list[TruthEntry]) -> None:
 
 def read_truth(path: Path) -> list[TruthEntry]:
     return [TruthEntry(**orjson.loads(line)) for line in path.read_bytes().splitlines() if line]
+
+
+@dataclass(frozen=True)
+class CallTruth:
+    """Who really placed one call: a line of the per-call truth file (``--call-truth``).
+
+    ``spoofed``: the caller number belongs to another actor (whose per-number truth entry it
+    keeps). ``ts`` is the attempt's event time.
+    """
+
+    call_id: str
+    ts: float
+    caller: str
+    population: str
+    campaign: str
+    robot: bool
+    spoofed: bool
+
+    @classmethod
+    def of(cls, sim: "Simulation", ev: SignalingEvent, truth: TruthEntry) -> "CallTruth":
+        return cls(ev.call_id, ev.ts, ev.caller, truth.population, truth.campaign, truth.robot,
+                   sim.spoofed(truth))
+
+
+def read_call_truth(path: Path) -> list[CallTruth]:
+    return [CallTruth(**orjson.loads(line)) for line in path.read_bytes().splitlines() if line]
+
+
+class CallTruthWriter:
+    """Appends one :class:`CallTruth` line per call attempt as it is produced.
+
+    One line per call grows with the run (unlike the per-number file), so it is written only
+    when asked for; evaluation in process uses :meth:`Simulation.labelled_events` instead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh: BinaryIO = path.open("wb")
+        self.written = 0
+
+    def add(self, sim: "Simulation", ev: SignalingEvent, truth: TruthEntry) -> None:
+        if ev.kind == "attempt":
+            self._fh.write(orjson.dumps(asdict(CallTruth.of(sim, ev, truth))) + b"\n")
+            self.written += 1
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 class TruthWriter:
@@ -1166,9 +1458,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", choices=SCENARIOS, default="default",
                         help="population mix: 'default' (2000 subscribers, 8 robocallers, "
                              "3 scanners, a 200-number snowshoe pool, a spoofing campaign, "
-                             "bank/hospital/delivery call centers, emergency calls), 'small' "
-                             "(a fast one for tests), or a hard case for evaluation: "
-                             "slow_robots, snowshoe_heavy, collections, bursty_humans")
+                             "a rotating-number, a neighbour-spoofing and a 300-number pool "
+                             "campaign, bank/hospital/delivery call centers, a company PBX, a "
+                             "bank OTP service, an interconnect trunk, emergency calls), "
+                             "'small' (a fast one for tests), 'campaigns' (several rotating, "
+                             "neighbour and pool campaigns among all their legitimate "
+                             "look-alikes), or a hard case for evaluation: slow_robots, "
+                             "snowshoe_heavy, collections, bursty_humans")
     parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
                         help="simulated seconds to produce, then stop (default 0: run until "
                              "Ctrl-C)")
@@ -1189,9 +1485,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "on; the clock then catches up with real time")
     parser.add_argument("--truth", type=Path, default=None, metavar="PATH",
                         help="where to write the ground truth, one JSON line per calling "
-                             "number: number, population, campaign, robot (default "
+                             "number: number, population, campaign, robot of the number's "
+                             "owner (a robot's made-up number: the robot) (default "
                              "<DIALGUARD_HOME>/data/simulation-truth.jsonl); written as numbers "
                              "appear, so an interrupted run still leaves it")
+    parser.add_argument("--call-truth", type=Path, default=None, metavar="PATH",
+                        help="also write per-call ground truth, one JSON line per call attempt: "
+                             "call_id, ts, caller, population, campaign, robot, spoofed (who "
+                             "really placed the call; a spoofed call shows a number whose "
+                             "per-number truth is its owner's). Grows with the run, so off "
+                             "unless given")
     parser.add_argument("--topic", default=SIGNALING_EVENTS.name,
                         help=f"topic to produce to (default {SIGNALING_EVENTS.name})")
     parser.add_argument("--quiet", action="store_true",
@@ -1293,6 +1596,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     pacer = Pacer(start, speed, args.rate, args.fast, idle=lambda s: producer.poll(s))
     progress = Progress(args.quiet)
     truth = TruthWriter(truth_path)
+    call_truth = CallTruthWriter(args.call_truth) if args.call_truth else None
     duration = args.duration if args.duration > 0 else math.inf
     pace = "as fast as possible" if args.fast else f"{speed:g}x"
     print(f"simulating scenario {args.scenario} seed {args.seed} from {_utc(start)} "
@@ -1301,9 +1605,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     sent, left = 0, 0
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `dialguard stop` stops us cleanly
     try:
-        for ev in sim.events(duration):
+        for ev, who in sim.labelled_events(duration):
             pacer.wait(ev.ts)
             _produce(producer, topic, ev, on_delivery)
+            if call_truth is not None:
+                call_truth.add(sim, ev, who)
             sent += 1
             if sent % POLL_EVERY_EVENTS == 0:
                 producer.poll(0)
@@ -1319,10 +1625,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except KeyboardInterrupt:
             left = len(producer)
         truth.close(sim)
+        if call_truth is not None:
+            call_truth.close()
         print(f"simulator done: {sent:,} events produced"
               f"{f', {left} undelivered' if left else ''}"
               f"{f', {failures[0]} failed' if failures[0] else ''}; "
-              f"{truth.written:,} numbers in truth file {truth_path}",
+              f"{truth.written:,} numbers in truth file {truth_path}"
+              f"{f', {call_truth.written:,} calls in {call_truth.path}' if call_truth else ''}",
               file=sys.stderr, flush=True)
     return 0 if not left and not failures[0] else 1
 

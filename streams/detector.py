@@ -148,9 +148,10 @@ class ShadowRun:
         return self.actions.get(number) or CurrentAction()
 
     def remember(self, decision: Decision) -> None:
+        # An unblock (a source where people showed up) leaves it watched: a label.
+        action = "label" if decision.action == "unblock" else decision.action
         self.actions[decision.number] = CurrentAction(
-            decision.action, decision.trigger_ts + decision.ttl_s, decision.score,
-            decision.dry_run)
+            action, decision.trigger_ts + decision.ttl_s, decision.score, decision.dry_run)
         self.actions.move_to_end(decision.number)
         if len(self.actions) > self.capacity:
             self.actions.popitem(last=False)

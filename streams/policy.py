@@ -101,6 +101,14 @@ class ScopePolicy:
     #: (its ``min_attempts``: a single-number robot): the number view is the narrower scope,
     #: the source stays out of it.
     max_heavy_caller_share: float = 0.5
+    #: Callers who held a real conversation in the last hour ("talkers"). A campaign's numbers
+    #: almost never do; a handful of people among thousands of robot calls do, and protect
+    #: the source even when the share of conversations is tiny.
+    max_talkers: int = 5
+    #: A source first seen less than this long ago (within the hour) is not acted on yet: the
+    #: few people who share it may not have called. Costs little: a campaign's first minutes
+    #: are the hardest to stop anyway.
+    min_span_s: int = 600
     ttl_s: dict[str, int] = field(default_factory=_default_scope_ttl)
     hysteresis: float = 0.1
     #: New source blocks beyond this many per minute (event time) are turned into dry-run.
@@ -111,7 +119,7 @@ class ScopePolicy:
             raise PolicyError(f"{where}.enabled must be true or false")
         self.thresholds.validate(f"{where}.thresholds")
         for name in ("min_attempts", "min_callers", "min_callees", "min_outcomes",
-                     "max_blocks_per_min"):
+                     "max_talkers", "min_span_s", "max_blocks_per_min"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise PolicyError(f"{where}.{name} must be a non-negative integer, got {v!r}")
@@ -141,10 +149,13 @@ class ScopePolicy:
 
 
 def _default_scopes() -> dict[str, ScopePolicy]:
-    """A whole trunk tolerates fewer conversations than a range before it is spared: the
-    people on a shared trunk are a small share of its calls, and a trunk block cuts them all."""
-    return {SCOPE_PREFIX: ScopePolicy(),
-            SCOPE_TRUNK: ScopePolicy(max_conversation_share=0.01)}
+    """A whole trunk tolerates fewer conversations (and talkers) than a range before it is
+    spared: the people on a shared trunk are a small share of its calls, and a trunk block cuts
+    them all. A range acts on less volume: a pool of numbers in one block dials slowly, and a
+    range of people cannot make 50 calls without one real conversation."""
+    return {SCOPE_PREFIX: ScopePolicy(min_attempts=50, min_callees=30, min_outcomes=30),
+            SCOPE_TRUNK: ScopePolicy(min_attempts=50, min_callees=30, min_outcomes=30,
+                                     max_talkers=3)}
 
 
 def _check_ttls(ttl_s: Mapping[str, Any], where: str) -> None:
@@ -544,6 +555,12 @@ SRC_SETTLED = "settled_1h"
 SRC_PROTECTED = "protected_1h"
 SRC_CONVERSATIONS = "conversations_1h"
 SRC_HEAVY = "heavy_caller_share_1h"
+SRC_TALKERS = "talkers_1h"
+SRC_ATTEMPTS_DAY = "attempts_24h"
+SRC_CONVERSATIONS_DAY = "conversations_24h"
+SRC_SPAN = "observed_s"
+#: The action that lifts an enforcement in force (published like any decision).
+UNBLOCK = "unblock"
 
 
 @dataclass(frozen=True)
@@ -566,16 +583,45 @@ class SourceTarget:
         return what if self.match is None else f"{what}, calls with {self.match.describe()}"
 
 
+def people_on_source(sp: ScopePolicy, feats: Mapping[str, float], segment: str = "",
+                     seen: bool = False) -> str:
+    """Why people (or protected callers) may be calling through this source, or "".
+
+    Before a decision, a short sample must not look conversation-free by luck, so the share
+    of conversations is bounded from above with one pseudo-conversation. ``seen``: to lift a
+    decision in force the people must really have been seen (more talkers than the policy
+    allows, protected callers, or more observed conversations than a campaign's own chance
+    ones), so a quiet hour between two bursts does not lift it.
+    """
+    attempts = feats.get(segment + SRC_ATTEMPTS, 0.0)
+    talks = feats.get(segment + SRC_CONVERSATIONS, 0.0)
+    conversation = (talks + (0.0 if seen else 1.0)) / (attempts + 1.0)
+    if conversation > sp.max_conversation_share and (not seen or talks > sp.max_talkers):
+        return (f"up to {100 * conversation:.1f}% of calls are real conversations > "
+                f"{100 * sp.max_conversation_share:.1f}%: people call through it")
+    day_talks = feats.get(segment + SRC_CONVERSATIONS_DAY, 0.0)
+    day = (day_talks + 1.0) / (feats.get(segment + SRC_ATTEMPTS_DAY, 0.0) + 1.0)
+    if day > sp.max_conversation_share and day_talks > sp.max_talkers:
+        return (f"{100 * day:.1f}% of its calls in the last day were real conversations > "
+                f"{100 * sp.max_conversation_share:.1f}%: people call through it, if not "
+                "this hour")
+    if feats.get(segment + SRC_TALKERS, 0.0) > sp.max_talkers:
+        return (f"{feats.get(segment + SRC_TALKERS, 0.0):.0f} callers held real "
+                f"conversations > {sp.max_talkers}: people call through it")
+    if feats.get(segment + SRC_PROTECTED, 0.0) > 0:
+        return "protected callers (emergency, allowlisted) call through it"
+    return ""
+
+
 def source_evidence_ok(sp: ScopePolicy, feats: Mapping[str, float],
                        segment: str = "") -> tuple[bool, str]:
-    """Enough calls behind a source decision, and nobody really talking on it.
+    """Enough calls behind a source decision, seen long enough, and nobody really talking.
 
     ``segment`` is the feature-name prefix of the part of a trunk the decision would cover
-    (``""``: all of it); callers and callees are counted for the whole source.
+    (``""``: all of it); callees and the span observed are counted for the whole source.
     """
     attempts = feats.get(segment + SRC_ATTEMPTS, 0.0)
     settled = feats.get(segment + SRC_SETTLED, 0.0)
-    conversation = (feats.get(segment + SRC_CONVERSATIONS, 0.0) + 1.0) / (attempts + 1.0)
     callers = feats.get(segment + SRC_CALLERS, 0.0)
     if attempts < sp.min_attempts:
         return False, f"only {attempts:.0f} calls < min {sp.min_attempts}"
@@ -590,19 +636,19 @@ def source_evidence_ok(sp: ScopePolicy, feats: Mapping[str, float],
                       f"{sp.min_callees}"
     if settled < sp.min_outcomes:
         return False, f"only {settled:.0f} settled calls < min {sp.min_outcomes}"
-    if conversation > sp.max_conversation_share:
-        return False, (f"up to {100 * conversation:.1f}% of calls are real conversations > "
-                       f"{100 * sp.max_conversation_share:.1f}%: people call through it")
-    if feats.get(segment + SRC_PROTECTED, 0.0) > 0:
-        return False, "protected callers (emergency, allowlisted) call through it"
-    return True, ""
+    if feats.get(SRC_SPAN, 0.0) < sp.min_span_s:
+        return False, (f"seen for {feats.get(SRC_SPAN, 0.0) / 60:.0f} min < "
+                       f"{sp.min_span_s / 60:.0f} min: people on it may not have called yet")
+    people = people_on_source(sp, feats, segment)
+    return (False, people) if people else (True, "")
 
 
 def source_action(sp: ScopePolicy, score: float, feats: Mapping[str, float], held: str,
                   segment: str = "") -> tuple[str, str]:
     """(action the scope policy gives this score, why a stronger one was held back or "").
 
-    Pure, so a detector can weigh several parts of a trunk before it decides on one.
+    Pure, so a detector can weigh several parts of a trunk before it decides on one. An
+    enforcement in force is lifted (``unblock``) as soon as people are seen on the source.
     """
     target = ""
     for action in reversed(THRESHOLD_ACTIONS):
@@ -611,6 +657,10 @@ def source_action(sp: ScopePolicy, score: float, feats: Mapping[str, float], hel
             break
     if SEVERITY[held] > SEVERITY[target] and score >= sp.thresholds.of(held) - sp.hysteresis:
         target = held
+    if held in ENFORCING:
+        people = people_on_source(sp, feats, segment, seen=True)
+        if people:
+            return UNBLOCK, f"{held} lifted: {people}"
     if SEVERITY[target] >= SEVERITY["rate_limit"]:
         ok, why = source_evidence_ok(sp, feats, segment)
         if not ok:
@@ -638,13 +688,24 @@ def decide_source(policy: Policy, allow: AllowList, limiter: BlockLimiter,
         return None, None
     held = current.active(trigger_ts)
     target, gate_note = source_action(sp, score, feats, held, segment)
+    if target == UNBLOCK:
+        return Decision(
+            number=source.key, action=UNBLOCK, ttl_s=sp.ttl_s["label"], score=round(score, 4),
+            reasons=[f"{source.describe()}: {explanation}", gate_note, *notes],
+            policy=policy.name, policy_version=policy.version, decided_at=decided_at,
+            trigger_ts=trigger_ts, dry_run=policy.dry_run, scope=source.scope,
+            target=source.target, switch=source.switch,
+            match=source.match.to_dict() if source.match is not None else None), "label"
     if SEVERITY[target] > SEVERITY[max_action]:
         target = max_action
     if not target:
         return None, held or None
+    fired = sp.thresholds.of(target)
+    how = f">= {target} {fired:.2f}" if score >= fired else \
+        f"keeps {target} (within {sp.hysteresis:g} of {fired:.2f})"
     reasons = [f"{source.describe()}: {explanation}",
-               f"score {score:.2f} >= {target} {sp.thresholds.of(target):.2f} for "
-               f"{source.scope}s, policy {policy.name} v{policy.version}", *notes]
+               f"score {score:.2f} {how} for {source.scope}s, policy {policy.name} "
+               f"v{policy.version}", *notes]
     if gate_note:
         reasons.append(gate_note)
     return _emit(policy, source.key, target, score, reasons, current, trigger_ts, decided_at,

@@ -30,6 +30,10 @@ True
 False
 >>> CallMatch(attest=("B", "C", "none")).matches("8613900000001", "8613812345678", None)
 True
+>>> covers("trunk", "-/gw-5", None, "8613900000001", "8613812345678", "sw-3", "gw-5", None)
+True
+>>> covers("trunk", "sw-2/gw-5", None, "8613900000001", "8613812345678", "sw-3", "gw-5", None)
+False
 """
 
 from __future__ import annotations
@@ -174,6 +178,15 @@ class CallMatch:
         return " and ".join(parts)
 
 
+def _trunk_hit(target: str, switch: str | None, trunk: str | None) -> bool:
+    """A call's trunk against a trunk target; ``-/<trunk>`` (learnt from events that named no
+    switch) is that trunk on any switch."""
+    call = trunk_id(switch, trunk)
+    if call == target:
+        return True
+    return target.startswith(UNKNOWN + "/") and call.split("/", 1)[1] == target[2:]
+
+
 def covers(scope: str, target: str, match: CallMatch | None, caller: str, callee: str,
            switch: str | None, trunk: str | None, attest: str | None) -> bool:
     """Whether a decision with this scope, target and match applies to this call.
@@ -187,7 +200,7 @@ def covers(scope: str, target: str, match: CallMatch | None, caller: str, callee
     elif scope == SCOPE_PREFIX:
         hit = bool(target) and caller.startswith(target)
     elif scope == SCOPE_TRUNK:
-        hit = trunk_id(switch, trunk) == target
+        hit = _trunk_hit(target, switch, trunk)
     else:
         return False
     return hit and (match is None or match.matches(caller, callee, attest))

@@ -32,8 +32,8 @@ from online_models.source_scorer import SourceScorer
 from streams import metrics
 from streams.control import ControlState
 from streams.detector import KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore
-from streams.policy import (ENFORCING, SEVERITY, BlockLimiter, CurrentAction, Policy,
-                            SourceTarget, decide_source, source_action)
+from streams.policy import (ENFORCING, SEVERITY, UNBLOCK, BlockLimiter, CurrentAction,
+                            Policy, SourceTarget, decide_source, source_action)
 from streams.schema import (LABEL_TARGET, Decision, InvalidEvent, Label, ScoreRecord,
                             SourceEvent)
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, UNKNOWN, CallMatch, split_trunk_id
@@ -192,6 +192,9 @@ class SourceDetector:
         whole = candidates[-1]
         enforcing = [c for c in candidates if c.action in ENFORCING]
         if not enforcing:
+            lifted = [c for c in candidates if c.action == UNBLOCK]
+            if lifted:
+                return lifted[0], ()
             best = max(candidates, key=lambda c: (SEVERITY[c.action], c.score))
             return best, ()
         total = whole.view.get("attempts_1h", 0.0)
@@ -261,7 +264,8 @@ class SourceDetector:
             self.actions.move_to_end(decision.number)
             if len(self.actions) > ACTION_MEMORY:
                 self.actions.popitem(last=False)
-        state.action = decision.action
+        # An unblock leaves the source labelled: watched, not enforced.
+        state.action = "label" if decision.action == UNBLOCK else decision.action
         state.action_until = decision.trigger_ts + decision.ttl_s
         state.action_score = decision.score
         state.action_dry = decision.dry_run

@@ -45,6 +45,10 @@ BUCKET_S = 300
 #: Window lengths in buckets; names are used in feature keys and reasons.
 WINDOWS: dict[str, int] = {"10m": 2, "1h": 12}
 RING_BUCKETS = max(WINDOWS.values())
+#: A day of calls and conversations per segment, in hourly buckets: people who share a trunk
+#: with a campaign may all be asleep in the hour it dials, but not all day.
+DAY_HOURS = 24
+HOUR_S = 3600
 #: State format version, first element of the serialised list (a new field bumps it; readers
 #: of an older version fill defaults, see :meth:`SourceState.from_bytes`).
 STATE_VERSION = 1
@@ -113,17 +117,23 @@ def _remember(d: dict[int, int], key: int, bucket: int, cap: int) -> None:
 class SourceState:
     """Windowed counters of one trunk or range plus the decision the policy holds for it."""
 
-    __slots__ = ("segments", "hwm_ts", "buckets", "callers", "callees", "ranges",
+    __slots__ = ("segments", "hwm_ts", "first_ts", "buckets", "hours", "callers", "callees",
+                 "ranges",
                  "attempts_total", "scored_attempts", "action", "action_until",
                  "action_score", "action_dry", "action_match", "open_calls")
 
     def __init__(self, segments: int) -> None:
         self.segments = segments
         self.hwm_ts = 0.0
+        #: Oldest event of the current stretch of traffic (reset after an idle window).
+        self.first_ts = 0.0
         #: bucket index -> segments * N_SLOTS counters
         self.buckets: dict[int, list[float]] = {}
-        #: caller key -> [last bucket, attempts, segment bits] (distinct callers per segment,
-        #: callers seen once, calls from numbers busy enough for the number view)
+        #: hour index -> [attempts, conversations] per segment, over the last day
+        self.hours: dict[int, list[int]] = {}
+        #: caller key -> [last bucket, attempts, segment bits, conversations] (distinct
+        #: callers per segment, callers seen once, calls from numbers busy enough for the
+        #: number view, callers who held a real conversation: "talkers", i.e. people)
         self.callers: dict[int, list[int]] = {}
         #: callee key -> last bucket
         self.callees: dict[int, int] = {}
@@ -146,8 +156,12 @@ class SourceState:
             return False
         bucket_no = int(ev.ts // BUCKET_S)
         if ev.ts > self.hwm_ts:
+            if ev.ts - self.hwm_ts > RING_BUCKETS * BUCKET_S:
+                self.first_ts = ev.ts  # idle for a whole window: a new stretch
             self.hwm_ts = ev.ts
             self._evict(bucket_no)
+        if not self.first_ts or ev.ts < self.first_ts:
+            self.first_ts = ev.ts
         bucket = self.buckets.get(bucket_no)
         if bucket is None:
             bucket = self.buckets[bucket_no] = [0.0] * (N_SLOTS * self.segments)
@@ -156,6 +170,17 @@ class SourceState:
         if kind == "attempt":
             self.attempts_total += 1
             self._add_people(ev, bucket_no, cfg, segs)
+        elif kind == "release" and (ev.duration_s or 0.0) >= cfg.conversation_s:
+            talker = self.callers.get(_key32(ev.caller))
+            if talker is not None:
+                talker[3] += 1
+        if kind == "attempt" or (kind == "release" and
+                                 (ev.duration_s or 0.0) >= cfg.conversation_s):
+            hour = self.hours.get(int(ev.ts // HOUR_S))
+            if hour is None:
+                hour = self.hours[int(ev.ts // HOUR_S)] = [0] * (2 * self.segments)
+            for seg in segs:
+                hour[2 * seg + (kind != "attempt")] += 1
         for seg in segs:
             b = seg * N_SLOTS
             if kind == "attempt":
@@ -222,13 +247,16 @@ class SourceState:
         else:
             if len(self.callers) >= cfg.distinct_cap:
                 del self.callers[min(self.callers, key=lambda k: self.callers[k][0])]
-            self.callers[key] = [bucket_no, 1, bits]
+            self.callers[key] = [bucket_no, 1, bits, 0]
         _remember(self.callees, _key32(ev.callee), bucket_no, cfg.distinct_cap)
         rng = range_of(ev.caller, cfg.neighbour_tail)
         if rng:
             _remember(self.ranges, _key32(rng), bucket_no, cfg.distinct_cap)
 
     def _evict(self, now_bucket: int) -> None:
+        day_horizon = now_bucket * BUCKET_S // HOUR_S - DAY_HOURS
+        for h in [h for h in self.hours if h <= day_horizon]:
+            del self.hours[h]
         horizon = now_bucket - RING_BUCKETS
         stale = [b for b in self.buckets if b <= horizon]
         for b in stale:
@@ -265,8 +293,9 @@ class SourceState:
     # -- persistence ----------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         return orjson.dumps([
-            STATE_VERSION, self.segments, self.hwm_ts,
+            STATE_VERSION, self.segments, self.hwm_ts, self.first_ts,
             [[b, *v] for b, v in self.buckets.items()],
+            [[h, *v] for h, v in self.hours.items()],
             [[k, *e] for k, e in self.callers.items()], list(self.callees.items()),
             list(self.ranges.items()), self.attempts_total, self.scored_attempts, self.action,
             self.action_until, self.action_score, self.action_dry, self.action_match,
@@ -277,12 +306,14 @@ class SourceState:
         row = orjson.loads(raw)
         if not isinstance(row, list) or not row or row[0] != STATE_VERSION:
             raise ValueError(f"source state of an unknown version: {raw[:40]!r}")
-        (_, segments, hwm, buckets, callers, callees, ranges, total, scored, action, until,
-         score, dry, match) = row
+        (_, segments, hwm, first, buckets, hours, callers, callees, ranges, total, scored,
+         action, until, score, dry, match) = row
         st = cls(segments)
-        st.hwm_ts = hwm
+        st.hwm_ts, st.first_ts = hwm, first
         st.buckets = {int(r[0]): list(r[1:]) for r in buckets}
-        st.callers = {int(r[0]): [int(r[1]), int(r[2]), int(r[3])] for r in callers}
+        st.hours = {int(r[0]): [int(v) for v in r[1:]] for r in hours}
+        st.callers = {int(r[0]): [int(r[1]), int(r[2]), int(r[3]), int(r[4])]
+                      for r in callers}
         st.callees = {int(k): int(b) for k, b in callees}
         st.ranges = {int(k): int(b) for k, b in ranges}
         st.attempts_total, st.scored_attempts = total, scored
@@ -311,6 +342,10 @@ def features(st: SourceState, heavy_caller_calls: int = HEAVY_CALLER_CALLS) -> d
     ten = st.window(WINDOWS["10m"])
     start = st.hwm_bucket - WINDOWS["1h"]
     callers = [e for e in st.callers.values() if e[0] > start]
+    day = [0] * (2 * st.segments)
+    for values in st.hours.values():
+        for i, v in enumerate(values):
+            day[i] += v
     for seg in range(st.segments):
         p = SEGMENT_PREFIX[seg]
         w = hour[seg * N_SLOTS:(seg + 1) * N_SLOTS]
@@ -340,6 +375,10 @@ def features(st: SourceState, heavy_caller_calls: int = HEAVY_CALLER_CALLS) -> d
         out[p + "distinct_callers_1h"] = float(len(mine))
         out[p + "heavy_caller_share_1h"] = _ratio(
             sum(e[1] for e in mine if e[1] >= heavy_caller_calls), attempts)
+        out[p + "talkers_1h"] = float(sum(1 for e in mine if e[3] > 0))
+        out[p + "attempts_24h"] = float(day[2 * seg])
+        out[p + "conversations_24h"] = float(day[2 * seg + 1])
+    out["observed_s"] = min(st.hwm_ts - st.first_ts, float(RING_BUCKETS * BUCKET_S))
     out["callers_once_share_1h"] = _ratio(sum(1 for e in callers if e[1] == 1), len(callers))
     out["distinct_callees_1h"] = float(sum(1 for b in st.callees.values() if b > start))
     out["caller_range_spread_1h"] = _ratio(sum(1 for b in st.ranges.values() if b > start),

@@ -185,7 +185,7 @@ async def _stop_background(app: web.Application) -> None:
 def create_app(settings: Settings, views: Views | None = None, ops: Operations | None = None,
                tokens: TokenStore | None = None, with_feed: bool = True) -> web.Application:
     """The API. Tests pass their own views/ops (``with_feed=False``) to run without Kafka."""
-    from services.api import routes_admin, routes_data, routes_policies
+    from services.api import routes_admin, routes_data, routes_policies, routes_sources
 
     views = views or Views(settings.api_view_max_numbers)
     ops = ops or Operations(settings, views, Writer(settings))
@@ -195,7 +195,7 @@ def create_app(settings: Settings, views: Views | None = None, ops: Operations |
     app[CTX] = Context(settings, views, ops, tokens,
                        Guard(ops, settings.api_guard_interval_s),
                        ViewFeed(settings, views) if with_feed else None)
-    for module in (routes_admin, routes_policies, routes_data):
+    for module in (routes_admin, routes_policies, routes_data, routes_sources):
         app.router.add_routes(module.routes)
     app.on_startup.append(_start_background)
     app.on_cleanup.append(_stop_background)

@@ -1,7 +1,8 @@
 """Guarded rollout: roll a live policy version back when its false-positive rate is too high.
 
 For the live version of each policy: the numbers it enforced against (rate_limit/block, not
-dry-run) that got a fresh label (arrived after the version came in force) are its evidence.
+dry-run; a range decision enforces against every number in the range, a trunk decision against
+no number the API can name) that got a fresh label (arrived after the version came in force) are its evidence.
 Once there are at least ``fp_min_labels`` of them and the share labelled legitimate exceeds
 ``fp_target``, the previous version's content is republished as a new version by "guard",
 audited, counted in ``dialguard_policy_auto_rollbacks_total{policy}`` (alerted on) and logged.
@@ -20,6 +21,7 @@ from services.api.auth import Identity
 from services.api.views import SeenLabel
 from streams.policy import Policy
 from streams.schema import LABEL_TARGET, AuditRecord
+from streams.scope import SCOPE_PREFIX, parse_key
 
 log = logging.getLogger(__name__)
 GUARD = Identity("guard", "admin", "builtin")
@@ -46,11 +48,30 @@ class Verdict:
                 f"target {100 * target:.1f}%")
 
 
+def _in_ranges(number: str, prefixes: set[str]) -> bool:
+    return any(number[:n] in prefixes for n in range(1, len(number) + 1))
+
+
+def judged_numbers(enforced: Mapping[str, float], labels: Mapping[str, Sequence[SeenLabel]]
+                   ) -> set[str]:
+    """The keys whose labels judge a version: what it enforced against (numbers, and range or
+    trunk keys should anyone label those), plus every labelled number inside a range it
+    enforced against (a range block cut that caller off too). Numbers behind an enforced
+    trunk cannot be told from a label (a label names a number, not the trunk its calls took),
+    so they do not count."""
+    prefixes = {target for scope, target in map(parse_key, enforced) if scope == SCOPE_PREFIX}
+    judged = set(enforced)
+    if prefixes:
+        judged |= {n for n in labels if _in_ranges(n, prefixes)}
+    return judged
+
+
 def evaluate(policy: Policy, in_force_since: float, enforced: Mapping[str, float],
              labels: Mapping[str, Sequence[SeenLabel]]) -> Verdict:
-    """Judge one live version by the latest fresh label of each number it enforced against."""
+    """Judge one live version by the latest fresh label of each number it enforced against
+    (see :func:`judged_numbers` for range and trunk decisions)."""
     labelled = legit = 0
-    for number in enforced:
+    for number in judged_numbers(enforced, labels):
         fresh = [s for s in labels.get(number, ()) if s.arrived >= in_force_since]
         if not fresh:
             continue

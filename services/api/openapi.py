@@ -58,6 +58,12 @@ NUMBER = _path("number", "phone number (E.164 digits, +CC..., national 0...)")
 REASON_Q = _query("reason", "why (audited)")
 LIMIT = _query("limit", "how many (1..1000)", "integer")
 REASON = {"type": "string", "description": "why (audited)"}
+DIGITS = _path("digits", "leading digits of a caller-number range (E.164 without '+')")
+SWITCH = _path("switch", "switch the trunk belongs to")
+TRUNK = _path("trunk", "trunk (group) name on that switch; a '/' in it is sent as %2F")
+SCOPED_BLOCK: dict[str, Any] = {"type": "object", "required": ["reason"], "properties": {
+    "reason": REASON, "ttl_s": {"type": "integer"}}}
+SCOPES = ["number", "prefix", "trunk"]
 
 
 def document() -> dict[str, Any]:
@@ -112,7 +118,12 @@ def document() -> dict[str, Any]:
             "what a candidate policy would do to the recent scores", "viewer", _json(
                 {"type": "object", "properties": {
                     "window_s": {"type": "number"}, "numbers": {"type": "integer"},
+                    "keys": {"type": "integer"}, "keys_by_scope": OBJ,
                     "current": counts, "candidate": counts,
+                    "by_scope": {"type": "object", "description": "counts per scope "
+                                 "(number, prefix, trunk) of each side",
+                                 "additionalProperties": {"type": "object", "properties": {
+                                     "current": counts, "candidate": counts}}},
                     "estimated_false_positives": OBJ, "changed": {"type": "array"},
                     "changed_total": {"type": "integer"}}}),
             body={"type": "object", "required": ["policy"], "properties": {
@@ -120,19 +131,28 @@ def document() -> dict[str, Any]:
             errors=(400, 422))},
         "/api/v1/allowlist": {
             "get": _op("built-in and analyst entries", "viewer", _json(OBJ)),
-            "post": _op("allowlist a number or prefix", "analyst", _json(OBJ),
-                        body={"type": "object", "required": ["number", "reason"],
+            "post": _op("allowlist a number, a prefix (number + prefix: true, at least "
+                        "api_min_allow_prefix digits) or a trunk (trunk: <switch>/<trunk>; "
+                        "its topic key is trunk:<switch>/<trunk>)", "analyst", _json(OBJ),
+                        body={"type": "object", "required": ["reason"],
                               "properties": {"number": {"type": "string"},
                                              "prefix": {"type": "boolean"},
+                                             "trunk": {"type": "string",
+                                                       "description": "<switch>/<trunk>"},
                                              "reason": REASON, "ttl_s": {"type": "integer"},
                                              "expires_at": {"type": "number"}}},
                         errors=(400,), status="201")},
+        "/api/v1/allowlist/trunk/{switch}/{trunk}": {"delete": _op(
+            "remove a trunk entry", "analyst", _json(OBJ),
+            params=[SWITCH, TRUNK, REASON_Q], errors=(400, 404))},
         "/api/v1/allowlist/{number}": {"delete": _op(
             "remove an entry (built-in ones: 403)", "analyst", _json(OBJ),
             params=[NUMBER, REASON_Q], errors=(400, 404))},
         "/api/v1/numbers/{number}": {"get": _op(
-            "current state, last decisions with reasons, latest score and features, labels, "
-            "acks", "viewer", _json(OBJ), params=[NUMBER], errors=(400,))},
+            "current state, last decisions with reasons, range decisions in force that cover "
+            "the number (covered_by; trunk decisions cannot be known from a number), latest "
+            "score and features, labels, acks", "viewer", _json(OBJ), params=[NUMBER],
+            errors=(400,))},
         "/api/v1/numbers/{number}/block": {"post": _op(
             "manual block, published like any decision", "analyst", _json(OBJ),
             body={"type": "object", "required": ["reason"], "properties": {
@@ -143,8 +163,41 @@ def document() -> dict[str, Any]:
             body={"type": "object", "required": ["reason"], "properties": {
                 "reason": REASON, "allow_for_s": {"type": "integer"}}},
             params=[NUMBER], errors=(400,))},
-        "/api/v1/decisions/recent": {"get": _op("latest decisions, newest first", "viewer",
-                                                _json(OBJ), params=[LIMIT], errors=(400,))},
+        "/api/v1/decisions/recent": {"get": _op(
+            "latest decisions (numbers, ranges, trunks), newest first", "viewer",
+            _json({"type": "object", "properties": {"decisions": {
+                "type": "array", "items": _ref("DecisionView")}}}),
+            params=[LIMIT], errors=(400,))},
+        "/api/v1/prefixes/{digits}": {"get": _op(
+            "a number range: decisions, protection, latest score and features, labels, acks",
+            "viewer", _json(_ref("Source")), params=[DIGITS], errors=(400,))},
+        "/api/v1/prefixes/{digits}/block": {"post": _op(
+            "manual block of every caller number in the range (at least "
+            "api_min_block_prefix digits; 409 when the allowlist protects the range)",
+            "analyst", _json(OBJ), body=SCOPED_BLOCK, params=[DIGITS], errors=(400, 409))},
+        "/api/v1/prefixes/{digits}/unblock": {"post": _op(
+            "manual unblock of a range", "analyst", _json(OBJ),
+            body={"type": "object", "required": ["reason"], "properties": {"reason": REASON}},
+            params=[DIGITS], errors=(400,))},
+        "/api/v1/trunks/{switch}/{trunk}": {"get": _op(
+            "a trunk: decisions, protection, latest score and features, labels, acks",
+            "viewer", _json(_ref("Source")), params=[SWITCH, TRUNK], errors=(400,))},
+        "/api/v1/trunks/{switch}/{trunk}/block": {"post": _op(
+            "manual block of a trunk's calls, optionally only those a match selects "
+            "(409 when the trunk is allowlisted)", "analyst", _json(OBJ),
+            body={**SCOPED_BLOCK, "properties": {**SCOPED_BLOCK["properties"],
+                                                 "match": _ref("CallMatch")}},
+            params=[SWITCH, TRUNK], errors=(400, 409))},
+        "/api/v1/trunks/{switch}/{trunk}/unblock": {"post": _op(
+            "manual unblock of a trunk, optionally allowlisting it for a while", "analyst",
+            _json(OBJ), body={"type": "object", "required": ["reason"], "properties": {
+                "reason": REASON, "allow_for_s": {"type": "integer"}}},
+            params=[SWITCH, TRUNK], errors=(400,))},
+        "/api/v1/campaigns": {"get": _op(
+            "ranges and trunks under a decision in force (dry-run included), newest first",
+            "viewer", _json({"type": "object", "properties": {"campaigns": {
+                "type": "array", "items": _ref("DecisionView")}}}),
+            params=[_query("scope", "prefix or trunk")], errors=(400,))},
         "/api/v1/offenders": {"get": _op("highest recent scores", "viewer", _json(OBJ),
                                          params=[LIMIT], errors=(400,))},
         "/api/v1/feedback": {"post": _op(
@@ -216,7 +269,57 @@ def document() -> dict[str, Any]:
                     "max_blocks_per_min": {"type": "integer", "minimum": 0},
                     "do_not_originate": {"type": "array", "items": {"type": "string"}},
                     "fp_target": {"type": "number", "minimum": 0, "maximum": 1},
-                    "fp_min_labels": {"type": "integer", "minimum": 1}}},
+                    "fp_min_labels": {"type": "integer", "minimum": 1},
+                    "scopes": {"type": "object", "additionalProperties": False,
+                               "description": "source decisions' policy per scope",
+                               "properties": {"prefix": _ref("ScopePolicy"),
+                                              "trunk": _ref("ScopePolicy")}}}},
+                "ScopePolicy": {"type": "object", "description": "thresholds, evidence, "
+                                "conversation gate, TTLs, hysteresis and limiter of range or "
+                                "trunk decisions (fields left out take their defaults)",
+                                "properties": {
+                    "enabled": {"type": "boolean"}, "thresholds": _ref("Thresholds"),
+                    "min_attempts": {"type": "integer", "minimum": 0},
+                    "min_callers": {"type": "integer", "minimum": 0},
+                    "min_callees": {"type": "integer", "minimum": 0},
+                    "min_outcomes": {"type": "integer", "minimum": 0},
+                    "max_conversation_share": {"type": "number", "minimum": 0,
+                                               "exclusiveMaximum": 1},
+                    "ttl_s": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "hysteresis": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                    "max_blocks_per_min": {"type": "integer", "minimum": 0}}},
+                "CallMatch": {"type": "object", "description": "the part of a trunk's calls "
+                              "a decision covers", "properties": {
+                    "attest": {"type": "array", "items": {"type": "string",
+                                                          "enum": ["A", "B", "C", "none"]}},
+                    "neighbour_tail": {"type": "integer", "minimum": 1, "maximum": 8}}},
+                "Decision": {"type": "object", "properties": {
+                    "number": {"type": "string", "description": "topic key: the number, "
+                               "prefix:<digits> or trunk:<switch>/<trunk>"},
+                    "action": {"type": "string",
+                               "enum": ["label", "rate_limit", "block", "unblock"]},
+                    "ttl_s": {"type": "integer"}, "score": {"type": "number"},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "policy": {"type": "string"}, "policy_version": {"type": "integer"},
+                    "decided_at": {"type": "number"}, "trigger_ts": {"type": "number"},
+                    "dry_run": {"type": "boolean"},
+                    "scope": {"type": "string", "enum": SCOPES},
+                    "target": {"type": "string", "description": "the number, the range's "
+                               "digits or the trunk id <switch>/<trunk>"},
+                    "switch": {"type": ["string", "null"]},
+                    "match": {"oneOf": [_ref("CallMatch"), {"type": "null"}]}}},
+                "DecisionView": {"allOf": [_ref("Decision"), {"type": "object", "properties": {
+                    "covers": {"type": "string", "description": "what it covers, in words"},
+                    "in_force": {"type": "boolean"}, "until": {"type": "number"}}}]},
+                "Source": {"type": "object", "properties": {
+                    "key": {"type": "string"}, "scope": {"type": "string",
+                                                         "enum": ["prefix", "trunk"]},
+                    "target": {"type": "string"},
+                    "protected": {"type": ["string", "null"],
+                                  "description": "why the allowlist protects it"},
+                    "current": OBJ,
+                    "decisions": {"type": "array", "items": _ref("DecisionView")},
+                    "score": OBJ, "labels": {"type": "array"}, "acks": {"type": "array"}}},
                 "PolicyPair": {"type": "object", "properties": {
                     "live": {"oneOf": [_ref("Policy"), {"type": "null"}]},
                     "shadow": {"oneOf": [_ref("Policy"), {"type": "null"}]}}},

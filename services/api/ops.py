@@ -20,12 +20,15 @@ from confluent_kafka import Producer
 
 from services.api.auth import Identity
 from services.api.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from services.api.targets import check_prefix, check_trunk, trunk_key
 from services.api.views import APPEAL_SUBJECT, Views
 from services.settings import Settings
 from streams.numbers import InvalidNumber, NumberPlan
 from streams.policy import (BUILTIN_ALLOW, SWITCHES_KEY, THRESHOLD_ACTIONS, ControlSwitches,
                             Policy, PolicyError, shadow_key)
 from streams.schema import LABEL_TARGET, AllowEntry, AuditRecord, Decision, Label
+from streams.scope import (SCOPE_PREFIX, SCOPE_TRUNK, CallMatch, ScopeError, decision_key,
+                           split_trunk_id)
 from streams.sink import producer_config
 from streams.topics import ALLOWLIST, AUDIT, DECISIONS, FEEDBACK, POLICY, POLICY_HISTORY
 
@@ -266,20 +269,24 @@ class Operations:
             return after
 
     # -- allowlist -------------------------------------------------------------------------
-    def add_allow(self, actor: Identity, body: Mapping[str, Any], now: float | None = None
-                  ) -> AllowEntry:
-        now = time.time() if now is None else now
+    def allow_entry(self, actor: Identity, body: Mapping[str, Any], now: float
+                    ) -> tuple[str, AllowEntry]:
+        """(topic key, entry) of an allowlist request: a number, a prefix or a trunk."""
         reason = reason_of(body)
         prefix = body.get("prefix", False)
         if not isinstance(prefix, bool):
             raise BadRequest("prefix must be true or false")
         raw = body.get("number")
-        if prefix:
-            if not isinstance(raw, str) or not raw.isdigit():
-                raise BadRequest("a prefix must be digits")
-            number = raw
+        trunk = body.get("trunk")
+        if trunk is not None:
+            if raw is not None or prefix:
+                raise BadRequest("give a number (or a prefix) or a trunk, not both")
+            tid = check_trunk(trunk)
+            key, number = trunk_key(tid), tid
+        elif prefix:
+            key = number = check_prefix(raw, self.settings.api_min_allow_prefix)
         else:
-            number = normalise_number(self.plan, raw)
+            key = number = normalise_number(self.plan, raw)
         if "ttl_s" in body and "expires_at" in body:
             raise BadRequest("give ttl_s or expires_at, not both")
         expires_at = 0.0
@@ -291,25 +298,32 @@ class Operations:
                     not math.isfinite(exp) or exp <= now:
                 raise BadRequest("expires_at must be a future epoch time in seconds")
             expires_at = float(exp)
-        entry = AllowEntry(number=number, reason=reason, prefix=prefix, expires_at=expires_at,
-                           author=actor.name)
+        return key, AllowEntry(number=number, reason=reason, prefix=prefix,
+                               expires_at=expires_at, author=actor.name,
+                               trunk=trunk is not None)
+
+    def add_allow(self, actor: Identity, body: Mapping[str, Any], now: float | None = None
+                  ) -> AllowEntry:
+        now = time.time() if now is None else now
+        key, entry = self.allow_entry(actor, body, now)
         with self.lock:
-            before = self.views.allow.entries.get(number)
-            self._commit(actor, "allowlist.add", f"allowlist/{number}", reason,
+            before = self.views.allow.entries.get(key)
+            self._commit(actor, "allowlist.add", f"allowlist/{key}", entry.reason,
                          asdict(before) if before else None, asdict(entry),
-                         [Record(ALLOWLIST.name, number, entry.encode())])
+                         [Record(ALLOWLIST.name, key, entry.encode())])
         return entry
 
-    def remove_allow(self, actor: Identity, number: str, reason: str) -> None:
-        if number in BUILTIN_ALLOW:
-            raise Forbidden(f"{number} is built in ({BUILTIN_ALLOW[number]}) and cannot be "
+    def remove_allow(self, actor: Identity, key: str, reason: str) -> None:
+        """Remove the entry under topic key ``key`` (a number, a prefix, ``trunk:<id>``)."""
+        if key in BUILTIN_ALLOW:
+            raise Forbidden(f"{key} is built in ({BUILTIN_ALLOW[key]}) and cannot be "
                             "removed")
         with self.lock:
-            before = self.views.allow.entries.get(number)
+            before = self.views.allow.entries.get(key)
             if before is None:
-                raise NotFound(f"{number} is not on the allowlist")
-            self._commit(actor, "allowlist.remove", f"allowlist/{number}", reason,
-                         asdict(before), None, [Record(ALLOWLIST.name, number, None)])
+                raise NotFound(f"{key} is not on the allowlist")
+            self._commit(actor, "allowlist.remove", f"allowlist/{key}", reason,
+                         asdict(before), None, [Record(ALLOWLIST.name, key, None)])
 
     # -- manual decisions ------------------------------------------------------------------
     def manual(self, actor: Identity, number: str, action: str, reason: str, ttl_s: int,
@@ -345,6 +359,68 @@ class Operations:
                                author=actor.name)
             extra.append(Record(ALLOWLIST.name, number, entry.encode()))
         return self.manual(actor, number, "unblock", reason, 1, extra)
+
+    # -- manual decisions on ranges and trunks ---------------------------------------------
+    def scoped(self, actor: Identity, scope: str, target: str, action: str,
+               body: Mapping[str, Any]) -> Decision:
+        """A manual block or unblock of a range (``prefix``) or a trunk, audited.
+
+        A block is refused (409, with why) when the allowlist protects the source (an
+        allowlisted trunk; a range holding an emergency, allowlisted or protected number) and
+        for a range shorter than ``api_min_block_prefix`` digits. A trunk block may be narrowed
+        with ``match`` (see :class:`streams.scope.CallMatch`). An unblock may allowlist a trunk
+        for ``allow_for_s`` seconds (a range is not: that would shield every number in it).
+        """
+        reason = reason_of(body)
+        if scope == SCOPE_PREFIX:
+            minimum = self.settings.api_min_block_prefix if action == "block" else 1
+            target = check_prefix(target, minimum)
+            switch = None
+        elif scope == SCOPE_TRUNK:
+            target = check_trunk(target)
+            switch = split_trunk_id(target)[0]
+        else:
+            raise BadRequest(f"scope must be {SCOPE_PREFIX} or {SCOPE_TRUNK}")
+        key = decision_key(scope, target)
+        now = time.time()
+        match: dict[str, Any] | None = None
+        extra: list[Record] = []
+        if action == "block":
+            ttl = positive_int(body.get("ttl_s", DEFAULT_MANUAL_TTL_S), "ttl_s")
+            if body.get("match") is not None:
+                if scope != SCOPE_TRUNK:
+                    raise BadRequest("match narrows a trunk decision; a range has none")
+                try:
+                    call_match = CallMatch.from_dict(body["match"])
+                except ScopeError as exc:
+                    raise BadRequest(str(exc)) from None
+                match = call_match.to_dict() if call_match is not None else None
+            with self.views.cond:
+                why = self.views.allow.protects_source(scope, target, now)
+            if why is not None:
+                raise Conflict(f"{scope} {target} is protected and cannot be blocked: {why}")
+        else:
+            ttl = 1
+            allow_for = body.get("allow_for_s")
+            if allow_for is not None:
+                if scope != SCOPE_TRUNK:
+                    raise BadRequest("allow_for_s allowlists a trunk; a range is not "
+                                     "allowlisted on unblock")
+                entry = AllowEntry(number=target, reason=f"unblocked: {reason}", trunk=True,
+                                   expires_at=now + positive_int(allow_for, "allow_for_s"),
+                                   author=actor.name)
+                extra.append(Record(ALLOWLIST.name, key, entry.encode()))
+        decision = Decision(number=key, action=action, ttl_s=ttl, score=0.0,
+                            reasons=[reason, f"by {actor.name}"], policy=MANUAL_POLICY,
+                            policy_version=MANUAL_VERSION, decided_at=now, trigger_ts=now,
+                            dry_run=False, scope=scope, target=target, switch=switch,
+                            match=match)
+        last = self.views.number_decisions(key)
+        with self.lock:
+            self._commit(actor, f"{scope}.{action}", f"{scope}/{target}", reason,
+                         _decision_dict(last[0]) if last else None, _decision_dict(decision),
+                         [Record(DECISIONS.name, key, decision.encode()), *extra])
+        return decision
 
     # -- feedback --------------------------------------------------------------------------
     def label_from(self, obj: Any, source_default: str) -> Label:

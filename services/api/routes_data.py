@@ -12,9 +12,11 @@ from services.api.app import (blocking, ctx, identity, json_response, read_objec
 from services.api.errors import BadRequest, TooLarge, Unprocessable
 from services.api.feedback_io import BulkFormatError, parse_bulk
 from services.api.ops import candidate_policy, check_policy_name, normalise_number, reason_of
+from services.api.present import decision_view
 from services.api.whatif import what_if
 from streams.policy import BUILTIN_ALLOW, Policy
 from streams.schema import Decision
+from streams.scope import parse_key
 
 routes = web.RouteTableDef()
 MAX_LIMIT = 1000
@@ -72,7 +74,8 @@ async def whatif(request: web.Request) -> web.Response:
     records = c.views.recent_scores(now - window)
     labels = {n: [s.label for s in seen] for n, seen in c.views.labels_by_number().items()}
     with c.views.cond:
-        result = what_if(records, live, candidate, c.views.allow, labels, now, window)
+        result = what_if(records, live, candidate, c.views.allow, labels, now, window,
+                         neighbour_tail=c.settings.source_neighbour_tail)
     return json_response(result)
 
 
@@ -118,6 +121,10 @@ async def lookup(request: web.Request) -> web.Response:
     return json_response({
         "number": number, "allowlisted": allowlisted, "current": current_of(decisions, now),
         "decisions": [asdict(d) for d in decisions],
+        # Ranges holding the number whose decision is in force (trunk decisions cannot be
+        # found from a number: the trunk is a property of each call).
+        "covered_by": [decision_view(d, now) for d in c.views.covering_prefix_decisions(number)
+                       if current_of([d], now) is not None],
         "score": asdict(score) if score else None,
         "labels": [asdict(s.label) for s in c.views.number_labels(number)],
         "acks": [asdict(a) for a in c.views.number_acks(number)]})
@@ -146,7 +153,8 @@ async def unblock(request: web.Request) -> web.Response:
 @routes.get("/api/v1/decisions/recent")
 async def recent(request: web.Request) -> web.Response:
     decisions = ctx(request).views.recent_decisions(_limit(request, DEFAULT_RECENT))
-    return json_response({"decisions": [asdict(d) for d in decisions]})
+    now = time.time()
+    return json_response({"decisions": [decision_view(d, now) for d in decisions]})
 
 
 @routes.get("/api/v1/offenders")
@@ -160,7 +168,8 @@ async def offenders(request: web.Request) -> web.Response:
     for rec in top:
         decisions = c.views.number_decisions(rec.number)
         current = current_of(decisions, now)
-        out.append({"number": rec.number, "score": rec.score,
+        out.append({"number": rec.number, "scope": parse_key(rec.number)[0],
+                    "score": rec.score,
                     "action": current["action"] if current else (rec.action or None),
                     "attempts_1h": rec.features.get("attempts_1h", 0.0),
                     "reasons": decisions[0].reasons if decisions else []})

@@ -26,6 +26,7 @@ from services.settings import Settings
 from streams.policy import (ENFORCING, SHADOW_SUFFIX, SWITCHES_KEY, AllowList, ControlSwitches,
                             Policy)
 from streams.schema import Ack, AllowEntry, AuditRecord, Decision, Label, ScoreRecord
+from streams.scope import SCOPE_PREFIX, SOURCE_SCOPES, decision_key
 from streams.topics import (ACKS, ALLOWLIST, AUDIT, DECISIONS, FEEDBACK, POLICY, POLICY_HISTORY,
                             SCORES)
 
@@ -113,6 +114,8 @@ class Views:
         self.allow = AllowList()
         self.decisions: Bounded[str, deque[Decision]] = Bounded(max_numbers)
         self.recent: deque[Decision] = deque(maxlen=RECENT_DECISIONS)
+        #: Latest decision per range / trunk key (``prefix:...``, ``trunk:...``): campaigns.
+        self.scoped: Bounded[str, Decision] = Bounded(max_numbers)
         #: Latest score record per number, with when it was published.
         self.scores: Bounded[str, tuple[float, ScoreRecord]] = Bounded(max_numbers)
         self.labels: Bounded[str, deque[SeenLabel]] = Bounded(max_numbers)
@@ -200,6 +203,8 @@ class Views:
         per.append(decision)
         self.decisions.put(decision.number, per)
         self.recent.append(decision)
+        if decision.scope in SOURCE_SCOPES:
+            self.scoped.put(decision.number, decision)
         if decision.action in ENFORCING and not decision.dry_run:
             tag = (decision.policy, decision.policy_version)
             numbers = self.enforced.get(tag)
@@ -242,6 +247,25 @@ class Views:
     def number_decisions(self, number: str) -> list[Decision]:
         with self.cond:
             return list(reversed(self.decisions.get(number) or ()))
+
+    def covering_prefix_decisions(self, number: str) -> list[Decision]:
+        """Latest decision of every range that holds ``number``, longest range first.
+
+        Trunk decisions cannot be found from a number (the trunk is a property of a call), so
+        they are not among these.
+        """
+        with self.cond:
+            found = [self.scoped.get(decision_key(SCOPE_PREFIX, number[:n]))
+                     for n in range(len(number), 0, -1)]
+            return [d for d in found if d is not None]
+
+    def live_scoped(self, now: float) -> list[Decision]:
+        """Ranges and trunks whose latest decision is still in force (not an unblock, TTL
+        not run out), dry-run ones included: the campaigns being acted on, newest first."""
+        with self.cond:
+            live = [d for _, d in self.scoped.items()
+                    if d.action != "unblock" and d.decided_at + d.ttl_s > now]
+        return sorted(live, key=lambda d: (-d.decided_at, d.number))
 
     def number_labels(self, number: str) -> list[SeenLabel]:
         with self.cond:

@@ -197,6 +197,45 @@ def test_allowlist_through_the_api(api, broker_settings):
     assert audit[0]["before"]["reason"] == "hospital" and audit[0]["after"] is None
 
 
+def test_trunk_allowlist_and_scoped_decisions_reach_their_topics(api, broker_settings):
+    """Issue 10 on the real broker: a trunk entry keyed trunk:<id> on control.allowlist, a
+    protected trunk refused, a trunk block and a range block on switch.control.decisions keyed
+    as the worker keys them, and the campaigns list built from the topic."""
+    analyst, viewer = api.client("analyst"), api.client("viewer")
+    tag = uuid.uuid4().hex[:6]
+    bank, robots = f"sw-it/bank-{tag}", f"sw-it/ent-{tag}"
+    rng = f"86179{random.randrange(10**4):04d}"
+    analyst.post("/api/v1/allowlist", {"trunk": bank, "reason": "bank trunk"})
+    status, body = api.raw("POST", f"/api/v1/trunks/sw-it/bank-{tag}/block",
+                           b'{"reason": "x"}', token=api.tokens["analyst"])
+    assert status == 409 and "bank trunk" in body["error"]
+    d = analyst.post(f"/api/v1/trunks/sw-it/ent-{tag}/block",
+                     {"reason": "spoofed neighbours", "match": {"neighbour_tail": 4}})["decision"]
+    assert d["number"] == f"trunk:{robots}" and d["switch"] == "sw-it"
+    analyst.post(f"/api/v1/prefixes/{rng}/block", {"reason": "range campaign"})
+    keys = {f"trunk:{robots}", f"prefix:{rng}"}
+    found = wait_decisions(broker_settings, keys, lambda ds: keys <= {x.number for x in ds},
+                           timeout=30)
+    by_key = {x.number: x for x in found}
+    assert by_key[f"trunk:{robots}"].scope == "trunk"
+    assert by_key[f"trunk:{robots}"].match == {"neighbour_tail": 4}
+    assert (by_key[f"prefix:{rng}"].scope, by_key[f"prefix:{rng}"].target) == ("prefix", rng)
+    campaigns = {c["number"] for c in viewer.get("/api/v1/campaigns")["campaigns"]}
+    assert keys <= campaigns
+    assert viewer.get(f"/api/v1/numbers/{rng}12345")["covered_by"][0]["number"] == \
+        f"prefix:{rng}"
+    analyst.delete(f"/api/v1/allowlist/trunk/sw-it/bank-{tag}", reason="moved")
+    reader = TopicReader(broker_settings, ALLOWLIST.name)
+    try:
+        assert reader.poll_until(lambda msgs: [m.value() is None for m in msgs
+                                               if m.key() == f"trunk:{bank}".encode()]
+                                 == [False, True], timeout=30)
+    finally:
+        reader.close()
+    for key_path in (f"trunks/sw-it/ent-{tag}", f"prefixes/{rng}"):
+        analyst.post(f"/api/v1/{key_path}/unblock", {"reason": "test over"})
+
+
 def test_feedback_single_and_bulk_are_idempotent(api, broker_settings):
     analyst = api.client("analyst")
     numbers = fresh_numbers(3)

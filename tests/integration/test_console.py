@@ -498,3 +498,74 @@ def test_lookup_feedback_allowlist_appeal_shadow_and_rollback(model_broker_setti
                      lambda: browser.text("value-block") == old_block)
     browser.screenshot("console-5-panels")
     assert not browser.js_errors(), browser.console_log()
+
+
+def test_campaigns_trunk_allowlist_and_campaign_thresholds(api, browser):
+    """Issue 10 in the console: a trunk decision in the campaigns view (its match in words, a
+    link to the trunk's lookup), a trunk on the allowlist, and the per-scope thresholds edited
+    and applied."""
+    v0 = publish_baseline(api)
+    tag = uuid.uuid4().hex[:6]
+    trunk = f"sw-console/ent-{tag}"
+    status, reply = call(api, ANALYST, "POST", f"/api/v1/trunks/sw-console/ent-{tag}/block",
+                         {"reason": "<i>spoofed neighbour calls</i>", "ttl_s": 3600,
+                          "match": {"attest": ["B", "C", "none"]}})
+    assert status == 200, reply
+    key = f"trunk:{trunk}"
+    log_in(browser, api, api.tokens[ANALYST])
+    browser.wait_for("the trunk decision in the campaigns view",
+                     lambda: browser.css(f'#campaigns tr[data-key="{key}"]'), timeout=UI_WAIT_S)
+    row = browser.css(f'#campaigns tr[data-key="{key}"]')[0]
+    assert row.get_attribute("data-scope") == "trunk" and row.get_attribute("data-action") == "block"
+    assert f"calls entering through trunk {trunk} with attestation B/C/none" in row.text
+    assert "<i>spoofed neighbour calls</i>" in row.text and not row.find_elements("css selector", "i")
+    assert browser.css(f'#decisions tr[data-number="{key}"]'), "scoped decision in the live view"
+    browser.screenshot("console-6-campaigns")
+
+    # Its link opens the trunk's lookup: scope, what it covers, the decision and its reasons.
+    row.find_elements("css selector", "a.number")[0].click()
+    browser.wait_for("the trunk lookup", lambda: browser.text("lookup-title") == key,
+                     timeout=UI_WAIT_S)
+    assert "now: block" in browser.text("lookup-current")
+    assert "attestation B/C/none" in browser.text("lookup-decisions")
+
+    # A trunk on the allowlist, then off it again.
+    bank = f"sw-console/bank-{tag}"
+    browser.find("allow-number").send_keys(bank)
+    browser.find("allow-trunk").click()
+    browser.find("allow-reason").send_keys("bank's trunk")
+    click_and_wait(browser, "allow-add", "the trunk entry",
+                   lambda: browser.css(f'#allowlist tr[data-number="{bank}"][data-kind="trunk"]'))
+    status, found = call(api, VIEWER, "GET", f"/api/v1/trunks/sw-console/bank-{tag}")
+    assert status == 200 and found["protected"] == "bank's trunk", found
+    browser.find("allow-reason").send_keys("bank moved")
+    browser.css(f'button.allow-remove[data-number="{bank}"]')[0].click()
+    browser.wait_for("the trunk entry gone", lambda: not browser.css(
+        f'#allowlist tr[data-number="{bank}"]'), timeout=UI_WAIT_S)
+
+    # Campaign thresholds: the trunk block bar raised in the editor, previewed and applied.
+    browser.wait_for(f"the editor loaded with v{v0}",
+                     lambda: browser.text("policy-title") == f"{POLICY} v{v0}")
+    field = browser.find("scope-trunk-block")
+    assert float(field.get_attribute("value")) == pytest.approx(
+        Policy().scope("trunk").thresholds.block)
+    field.clear()
+    field.send_keys("0.97")
+    browser.wait_for("the preview of the new trunk threshold",
+                     lambda: browser.text("whatif-status").startswith("preview of"),
+                     timeout=UI_WAIT_S)
+    assert not browser.text("whatif-error")
+    browser.find("apply-reason").send_keys("fewer whole-trunk blocks")
+    click_and_wait(browser, "apply", "the new version applied",
+                   lambda: "applied" in browser.text("policy-message"))
+    live = call(api, VIEWER, "GET", f"/api/v1/policies/{POLICY}")[1]["live"]
+    assert live["version"] > v0
+    assert live["scopes"]["trunk"]["thresholds"]["block"] == pytest.approx(0.97)
+    assert live["scopes"]["prefix"]["thresholds"] == \
+        Policy().to_dict()["scopes"]["prefix"]["thresholds"]
+    assert live["thresholds"] == Policy().to_dict()["thresholds"]
+    status, _ = call(api, ANALYST, "POST", f"/api/v1/trunks/sw-console/ent-{tag}/unblock",
+                     {"reason": "test over"})
+    assert status == 200
+    publish_baseline(api)
+    assert not browser.js_errors(), browser.console_log()

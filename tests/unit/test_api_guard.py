@@ -93,3 +93,13 @@ def test_a_version_the_guard_rolled_back_is_never_returned_to():
     versions = [Policy(version=v) for v in (7, 6, 5, 4)]
     assert previous_version(versions, Policy(version=7), failed).version == 6
     assert previous_version(versions, Policy(version=6), failed).version == 4
+
+
+def test_labels_inside_an_enforced_range_judge_the_version_but_not_behind_a_trunk():
+    policy = Policy(fp_target=0.2, fp_min_labels=2)
+    enforced = {"prefix:86170123": T, "trunk:sw-2/ent-7": T}
+    labels = {"8617012345678": [seen("8617012345678", "legit", T + 1)],
+              "8617012399999": [seen("8617012399999", "callback_ok", T + 1)],
+              "8617099999999": [seen("8617099999999", "legit", T + 1)]}  # outside the range
+    v = evaluate(policy, T, enforced, labels)
+    assert (v.enforced, v.labelled, v.legit, v.rollback) == (2, 2, 2, True)

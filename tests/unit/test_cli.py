@@ -5,7 +5,8 @@ from services.watch import format_decision
 from streams.schema import Decision
 
 SUBCOMMANDS = ["broker", "topics", "worker", "simulate", "eval", "bench", "watch", "policy", "run", "stop",
-               "api", "switches", "allow", "feedback", "appeal", "number", "whatif", "audit",
+               "api", "switches", "allow", "feedback", "appeal", "number", "source", "campaigns",
+               "whatif", "audit",
                "token", "switch-adapter"]
 
 

@@ -275,3 +275,42 @@ def test_dashboard_uids_are_unique_and_provisioning_points_at_the_mounted_folder
         (build.DASHBOARDS_DIR / "provisioning" / "dashboards" / "dialguard.yml").read_text())
     provider = provisioning["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/var/lib/")
+
+
+#: Label names the worker's metrics may carry: each a small, bounded set of values. A number,
+#: a range or a trunk id as a label would create a series per caller (and leak it).
+BOUNDED_LABELS = {"action", "policy", "dry_run", "scope", "proto", "kind", "reason", "target",
+                  "topic", "outcome", "partition"}
+
+
+def test_worker_metrics_never_label_by_number_range_or_trunk():
+    from streams.scope import SCOPES
+
+    wrappers = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert wrappers
+    for metric in wrappers:
+        assert set(metric._labelnames) <= BOUNDED_LABELS, (metric._name, metric._labelnames)
+    metrics.init_policy_series("unit-test-scopes")
+    for metric in (metrics.DECISIONS, metrics.BLOCKS_ACTIVE, metrics.FALSE_POSITIVES,
+                   metrics.TRUE_POSITIVES, metrics.CAMPAIGNS_ACTIVE):
+        scopes = {s.labels["scope"] for fam in metric.collect() for s in fam.samples}
+        assert scopes <= set(SCOPES), (metric._name, scopes)
+    # the boards group by scope and kind, never by a per-source label
+    for _, _, expr in all_panel_targets():
+        for clause in re.findall(r"by \(([^)]*)\)", expr):
+            labels = {x.strip() for x in clause.split(",")}
+            assert labels <= BOUNDED_LABELS | {"le", "instance", "route", "status", "source"}, \
+                (expr, labels)
+
+
+def test_campaigns_are_on_the_noc_board_and_quality_is_split_by_scope():
+    noc = {expr for name, _, expr in all_panel_targets() if name == "noc-overview.json"}
+    assert {q.CAMPAIGNS_ACTIVE, q.CAMPAIGNS_ACTIVE_BY_SCOPE, q.SCOPED_DECISIONS_BY_SCOPE_ACTION,
+            q.SOURCE_EVENTS_FOLDED_BY_KIND, q.SOURCES_TRACKED_BY_KIND,
+            q.BLOCKS_ACTIVE_BY_SCOPE} <= noc
+    quality = {expr for name, _, expr in all_panel_targets()
+               if name == "detection-quality.json"}
+    assert q.scope_fp_rate_record(q.SCOPE_QUALITY_WINDOW) in quality
+    # the per-policy quality rules sum over scope (they group by policy only)
+    for rule in q.quality_rules("1h")[:3]:
+        assert rule.expr.startswith("sum by (policy) ("), rule

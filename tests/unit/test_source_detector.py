@@ -251,7 +251,7 @@ def test_policy_scopes_are_validated():
     with pytest.raises(PolicyError, match=r"scopes.prefix.thresholds"):
         Policy.from_dict({"scopes": {"prefix": {"thresholds": {"block": 0.1}}}})
     p = Policy.from_dict({"scopes": {"trunk": {"min_attempts": 500}}})
-    assert p.scope("trunk").min_attempts == 500 and p.scope("prefix").min_attempts == 100
+    assert p.scope("trunk").min_attempts == 500 and p.scope("prefix").min_attempts == 50
     assert Policy.from_dict(p.to_dict()) == p
 
 
@@ -312,3 +312,32 @@ def test_shadow_candidate_judges_sources_on_decisions_shadow_only():
     assert all(d.policy_version == 2 for d in shadow)
     records = [r for r in s.src_sink.scores if r.number.startswith("trunk:")]
     assert records[-1].shadow_version == 2 and records[-1].shadow_action == "label"
+
+
+def test_a_few_people_inside_a_campaign_segment_protect_it():
+    """Thousands of robot calls and a handful of people with the same (B) attestation: the
+    share of conversations is tiny, but the people who talk ("talkers") are there."""
+    rnd = random.Random(14)
+    robots = robot_calls(ACCESS, rnd, 1500, 2.0, fresh_numbers(rnd), attest="B")
+    few = people_calls(ACCESS, rnd, 40, 70.0, [mobile(rnd) for _ in range(30)], attest="B")
+    many = people_calls(ACCESS, rnd, 600, 5.0, [mobile(rnd) for _ in range(300)], attest="A")
+    s = Stages()
+    s.feed(ordered(robots, few, many))
+    assert not any(s.stopped(e) for e in attempts(few + many))
+    held = [r for r in s.src_sink.decisions if r.scope == SCOPE_TRUNK]
+    assert held and any("real conversations" in " ".join(d.reasons) for d in held)
+
+
+def test_a_source_block_is_lifted_when_people_show_up_on_it():
+    rnd = random.Random(15)
+    robots = robot_calls(GATEWAY, rnd, 1200, 3.0, fresh_numbers(rnd), attest=None)
+    later = people_calls(GATEWAY, rnd, 200, 6.0, [mobile(rnd) for _ in range(100)],
+                         attest=None, start=T0 + 1800)
+    s = Stages()
+    s.feed(ordered(robots, later))
+    trunk = [d for d in s.src_sink.decisions if d.scope == SCOPE_TRUNK]
+    actions = [d.action for d in trunk]
+    assert "block" in actions and "unblock" in actions
+    assert actions.index("unblock") > actions.index("block")
+    lifted = trunk[actions.index("unblock")]
+    assert any("lifted" in r and "conversations" in r for r in lifted.reasons)

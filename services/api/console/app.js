@@ -24,6 +24,10 @@ const THRESHOLD_ACTIONS = ["label", "rate_limit", "block"];
 /** Where the sliders start before any policy is published: streams/policy.py's Thresholds
  * defaults (what a worker applies then). Evidence fields stay empty: the API's defaults apply. */
 const BUILTIN_THRESHOLDS = {label: 0.5, rate_limit: 0.7, block: 0.85};
+/** streams/policy.py's ScopePolicy threshold defaults, for ranges and trunks. */
+const BUILTIN_SCOPE_THRESHOLDS = {label: 0.5, rate_limit: 0.75, block: 0.85};
+const SOURCE_SCOPES = ["prefix", "trunk"];
+const SCOPE_NAMES = {number: "number", prefix: "range", trunk: "trunk"};
 /** Policy fields the API sets itself on a write (ignored if sent; left out of the candidate). */
 const SERVER_FIELDS = ["name", "version", "author", "reason"];
 const ROLE_RANK = {viewer: 0, analyst: 1, admin: 2};
@@ -86,8 +90,58 @@ function actionBadge(action, dryRun) {
 
 function reasonList(reasons) {
   const ul = el("ul", {className: "reasons"});
-  for (const r of reasons || []) ul.append(el("li", {}, r));
+  const list = Array.isArray(reasons) ? reasons : (reasons === null || reasons === undefined ? [] : [reasons]);
+  for (const r of list) ul.append(el("li", {}, asText(r)));
   return ul;
+}
+
+/** Anything as text: strings as they are, other values as JSON (never a thrown error). */
+function asText(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "string") return v;
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  try { return JSON.stringify(v); } catch (_) { return String(v); }
+}
+
+/** A trunk decision's CallMatch in words (streams/scope.py CallMatch.describe). */
+function matchWords(match) {
+  if (match === null || match === undefined) return "";
+  if (typeof match !== "object" || Array.isArray(match)) return `match ${asText(match)}`;
+  const parts = [];
+  if (Array.isArray(match.attest)) parts.push(`attestation ${match.attest.map(asText).join("/")}`);
+  else if (match.attest !== undefined) parts.push(`attestation ${asText(match.attest)}`);
+  if (match.neighbour_tail !== undefined && match.neighbour_tail !== null) {
+    parts.push(`caller equal to the callee but for the last ${asText(match.neighbour_tail)} digits (neighbour spoofing)`);
+  }
+  const known = new Set(["attest", "neighbour_tail"]);
+  const other = Object.keys(match).filter((k) => !known.has(k));
+  if (other.length) parts.push(`other conditions ${asText(Object.fromEntries(other.map((k) => [k, match[k]])))}`);
+  return parts.join(" and ");
+}
+
+/** What a decision covers, in words: the API's sentence when it sent one, else built here. */
+function covers(d) {
+  if (d && typeof d.covers === "string") return d.covers;
+  const scope = d && d.scope ? d.scope : "number";
+  const target = asText(d && (d.target || d.number));
+  if (scope === "prefix") return `every caller number starting ${target}`;
+  if (scope === "trunk") {
+    const m = matchWords(d.match);
+    return `calls entering through trunk ${target}` + (m ? ` with ${m}` : "");
+  }
+  if (scope === "number") return target;
+  return `${asText(scope)} ${target}`;
+}
+
+function scopeBadge(scope) {
+  const s = scope || "number";
+  return el("span", {className: `badge scope scope-${String(s).replace(/[^a-z]/g, "")}`}, SCOPE_NAMES[s] || asText(s));
+}
+
+/** The number, range or trunk of a decision: a link to its lookup, with its scope. */
+function targetCell(d) {
+  if (!d || !d.scope || d.scope === "number") return numberLink(asText(d && d.number));
+  return el("span", {}, scopeBadge(d.scope), " ", keyLink(asText(d.number), covers(d)));
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -201,7 +255,7 @@ function startPolling() {
   stopPolling();
   const tick = async () => {
     state.polls += 1;
-    await refreshDecisions();
+    await Promise.all([refreshDecisions(), refreshCampaigns()]);
     if (state.polls % SLOW_POLL_EVERY === 0) await refreshSlow();
     if (state.token) state.pollTimer = setTimeout(tick, DECISIONS_POLL_MS);
   };
@@ -220,7 +274,7 @@ async function refreshDecisions() {
     {className: d.dry_run ? "dry" : "", dataset: {number: d.number, action: d.action}},
     el("td", {className: "nowrap", title: `event time of the call that tipped it: ${fmtTime(d.trigger_ts)}`}, fmtTime(d.decided_at)),
     el("td", {}, actionBadge(d.action, d.dry_run)),
-    el("td", {}, numberLink(d.number)),
+    el("td", {}, targetCell(d)),
     el("td", {className: "num"}, fmtScore(d.score)),
     el("td", {className: "nowrap"}, `${d.policy} v${d.policy_version}`),
     el("td", {}, reasonList(d.reasons))));
@@ -228,11 +282,27 @@ async function refreshDecisions() {
   setText("decisions-status", `${rows.length} shown, updated ${new Date().toLocaleTimeString()}`);
 }
 
+async function refreshCampaigns() {
+  const data = await guarded("campaigns-status", () => api("GET", "/campaigns"));
+  if (!data) return;
+  const rows = (data.campaigns || []).map((d) => el("tr",
+    {className: d.dry_run ? "dry" : "", dataset: {key: asText(d.number), scope: asText(d.scope), action: asText(d.action)}},
+    el("td", {className: "nowrap"}, fmtTime(d.decided_at)),
+    el("td", {}, scopeBadge(d.scope)),
+    el("td", {}, keyLink(asText(d.number), covers(d))),
+    el("td", {}, actionBadge(d.action, d.dry_run)),
+    el("td", {className: "nowrap"}, fmtTime(d.until)),
+    el("td", {className: "nowrap"}, `${asText(d.policy)} v${asText(d.policy_version)}`),
+    el("td", {}, reasonList(d.reasons))));
+  fillRows("campaigns", rows, "no range or trunk decision in force");
+  setText("campaigns-status", `${rows.length} in force`);
+}
+
 async function refreshOffenders() {
   const data = await guarded("offenders-status", () => api("GET", `/offenders?limit=${OFFENDERS_LIMIT}`));
   if (!data) return;
   const rows = (data.offenders || []).map((o) => el("tr", {dataset: {number: o.number}},
-    el("td", {}, numberLink(o.number)),
+    el("td", {}, o.scope && o.scope !== "number" ? keyLink(asText(o.number)) : numberLink(o.number)),
     el("td", {className: "num"}, fmtScore(o.score)),
     el("td", {}, o.action ? actionBadge(o.action, false) : ""),
     el("td", {className: "num"}, o.attempts_1h ?? ""),
@@ -241,8 +311,13 @@ async function refreshOffenders() {
 }
 
 function numberLink(number) {
-  const a = el("a", {href: "#lookup-panel", className: "number"}, number);
-  a.addEventListener("click", (ev) => { ev.preventDefault(); $("lookup-number").value = number; lookup(number); });
+  return keyLink(number);
+}
+
+/** A link that looks up a number or a source key (prefix:..., trunk:...); ``text`` shown. */
+function keyLink(key, text) {
+  const a = el("a", {href: "#lookup-panel", className: "number"}, text === undefined ? key : text);
+  a.addEventListener("click", (ev) => { ev.preventDefault(); $("lookup-number").value = key; lookup(key); });
   return a;
 }
 
@@ -307,6 +382,13 @@ function fillEditor(policy) {
     input.placeholder = "default";
   }
   $("dry-run").checked = !!p.dry_run;
+  const scopes = p.scopes && typeof p.scopes === "object" ? p.scopes : {};
+  for (const input of document.querySelectorAll("input.scope-threshold")) {
+    const sp = scopes[input.dataset.scope] || {};
+    const st = sp.thresholds && typeof sp.thresholds === "object" ? sp.thresholds : BUILTIN_SCOPE_THRESHOLDS;
+    const v = st[input.dataset.action];
+    input.value = typeof v === "number" ? String(v) : "";
+  }
   state.dirty = false;
   clearTimeout(state.whatifTimer);
   state.whatifSeq += 1;  // a preview still in flight is of values no longer in the editor
@@ -333,6 +415,16 @@ function candidatePolicy() {
     else base[input.dataset.field] = Number(input.value);
   }
   base.dry_run = $("dry-run").checked;
+  // Per-scope thresholds: the rest of each scope's policy (evidence, TTLs, ...) stays as live.
+  const scopes = base.scopes && typeof base.scopes === "object" ? {...base.scopes} : {};
+  for (const input of document.querySelectorAll("input.scope-threshold")) {
+    if (input.value === "") continue;
+    const sc = input.dataset.scope;
+    const sp = {...(scopes[sc] || {})};
+    sp.thresholds = {...(sp.thresholds || {}), [input.dataset.action]: Number(input.value)};
+    scopes[sc] = sp;
+  }
+  if (Object.keys(scopes).length) base.scopes = scopes;
   return base;
 }
 
@@ -383,10 +475,21 @@ function renderWhatif(data) {
         el("td", {id: "whatif-fp-current", className: "num"}, fp.current ?? 0),
         el("td", {id: "whatif-fp-candidate", className: "num"}, fp.candidate ?? 0),
         el("td", {className: "num"}, diff(fp.current, fp.candidate)))));
+  const byScope = data.by_scope || {};
+  const keysByScope = data.keys_by_scope || {};
+  const scopeRows = SOURCE_SCOPES.filter((sc) => keysByScope[sc] && byScope[sc]).map((sc) => {
+    const b = byScope[sc] || {};
+    return el("tr", {dataset: {scope: sc}}, el("th", {}, `${SCOPE_NAMES[sc]}s (${keysByScope[sc]})`),
+      ...THRESHOLD_ACTIONS.map((a) => el("td", {id: `whatif-${sc}-${a}`, className: "num"},
+        `${asText((b.current || {})[a] ?? 0)} -> ${asText((b.candidate || {})[a] ?? 0)}`)));
+  });
+  const scopeTable = scopeRows.length ? el("table", {id: "whatif-scopes", className: "compact"},
+    el("thead", {}, el("tr", {}, el("th", {}, "campaigns (current -> candidate)"),
+      ...THRESHOLD_ACTIONS.map((a) => el("th", {}, a)))), el("tbody", {}, ...scopeRows)) : null;
   const changed = data.changed || [];
   const changedRows = changed.slice(0, WHATIF_CHANGED_SHOWN).map((c) => el("tr",
     {dataset: {number: c.number, from: c.from || "", to: c.to || ""}},
-    el("td", {}, numberLink(c.number)),
+    el("td", {}, c.scope && c.scope !== "number" ? keyLink(asText(c.number)) : numberLink(c.number)),
     el("td", {}, c.from ? actionBadge(c.from, false) : "none"),
     el("td", {}, c.to ? actionBadge(c.to, false) : "none"),
     el("td", {className: "num"}, fmtScore(c.score)),
@@ -399,6 +502,7 @@ function renderWhatif(data) {
     el("p", {className: "status"}, `${data.numbers ?? 0} numbers scored in the last `
       + `${Math.round((data.window_s ?? WHATIF_WINDOW_S) / 60)} min; ${total} would change`),
     counts,
+    scopeTable,
     total ? changedTable : el("p", {id: "whatif-nochange"}, "no number would change")];
   if (total > changedRows.length) parts.push(el("p", {className: "status"}, `... and ${total - changedRows.length} more`));
   $("whatif-result").replaceChildren(...parts);
@@ -498,9 +602,9 @@ async function refreshAllowlist() {
     const remove = el("button", {type: "button", className: "allow-remove", dataset: {number: e.number}}, "remove");
     remove.hidden = !canWrite();
     remove.disabled = !canWrite();
-    remove.addEventListener("click", () => removeAllow(e.number));
-    return el("tr", {dataset: {number: e.number}},
-      el("td", {}, e.number), el("td", {}, e.prefix ? "yes" : ""), el("td", {}, e.reason),
+    remove.addEventListener("click", () => removeAllow(e.number, !!e.trunk));
+    return el("tr", {dataset: {number: e.number, kind: e.trunk ? "trunk" : (e.prefix ? "prefix" : "number")}},
+      el("td", {}, e.number), el("td", {}, e.trunk ? "trunk" : (e.prefix ? "prefix" : "")), el("td", {}, e.reason),
       el("td", {className: "nowrap"}, e.expires_at ? fmtTime(e.expires_at) : "never"),
       el("td", {}, e.author), el("td", {}, remove));
   });
@@ -511,7 +615,8 @@ async function addAllow() {
   const number = $("allow-number").value.trim();
   const reason = $("allow-reason").value.trim();
   if (!number || !reason) { setText("allow-error", "a number and a reason are required"); return; }
-  const body = {number, prefix: $("allow-prefix").checked, reason};
+  const body = $("allow-trunk").checked ? {trunk: number, reason}
+    : {number, prefix: $("allow-prefix").checked, reason};
   const ttl = $("allow-ttl").value.trim();
   if (ttl) body.ttl_s = Number(ttl);
   const ok = await guarded("allow-error", () => api("POST", "/allowlist", body));
@@ -520,13 +625,21 @@ async function addAllow() {
   $("allow-reason").value = "";
   $("allow-ttl").value = "";
   $("allow-prefix").checked = false;
+  $("allow-trunk").checked = false;
   await refreshAllowlist();
 }
 
-async function removeAllow(number) {
+/** ``switch/trunk`` as two path segments (a '/' inside the trunk part is escaped). */
+function trunkPath(tid) {
+  const i = String(tid).indexOf("/");
+  return i < 0 ? enc(tid) : `${enc(tid.slice(0, i))}/${enc(tid.slice(i + 1))}`;
+}
+
+async function removeAllow(number, trunk) {
   const reason = $("allow-reason").value.trim();
   if (!reason) { setText("allow-error", `type a reason above to remove ${number}`); $("allow-reason").focus(); return; }
-  const ok = await guarded("allow-error", () => api("DELETE", `/allowlist/${enc(number)}?reason=${enc(reason)}`));
+  const path = trunk ? `/allowlist/trunk/${trunkPath(number)}` : `/allowlist/${enc(number)}`;
+  const ok = await guarded("allow-error", () => api("DELETE", `${path}?reason=${enc(reason)}`));
   if (!ok) return;
   $("allow-reason").value = "";
   await refreshAllowlist();
@@ -587,23 +700,45 @@ async function decideAppeal(id, outcome) {
 /* ---------------------------------------------------------------------------------------- */
 /* Number lookup                                                                             */
 
+/** API path of a lookup key: a number, ``prefix:DIGITS`` or ``trunk:SWITCH/TRUNK``. */
+function lookupPath(key) {
+  if (key.startsWith("prefix:")) return `/prefixes/${enc(key.slice(7))}`;
+  if (key.startsWith("trunk:")) return `/trunks/${trunkPath(key.slice(6))}`;
+  return `/numbers/${enc(key)}`;
+}
+
 async function lookup(number) {
   number = (number || "").trim();
-  if (!number) { setText("lookup-error", "type a number"); return; }
-  const data = await guarded("lookup-error", () => api("GET", `/numbers/${enc(number)}`));
+  if (!number) { setText("lookup-error", "type a number, prefix:DIGITS or trunk:SWITCH/TRUNK"); return; }
+  const source = number.startsWith("prefix:") || number.startsWith("trunk:");
+  const data = await guarded("lookup-error", () => api("GET", lookupPath(number)));
   if (!data) { $("lookup-result").replaceChildren(); return; }
-  const out = [el("h3", {id: "lookup-title"}, data.number)];
-  if (data.allowlisted) out.push(el("p", {className: "ok", id: "lookup-allowlisted"}, `allowlisted: ${data.allowlisted}`));
+  const title = source ? asText(data.key) : asText(data.number);
+  const out = [el("h3", {id: "lookup-title"}, title)];
+  if (source) {
+    out.push(el("p", {id: "lookup-scope"}, scopeBadge(data.scope), " ",
+      covers({scope: data.scope, target: data.target})));
+    if (data.protected) out.push(el("p", {className: "ok", id: "lookup-allowlisted"}, `protected: ${asText(data.protected)}`));
+  } else if (data.allowlisted) {
+    out.push(el("p", {className: "ok", id: "lookup-allowlisted"}, `allowlisted: ${asText(data.allowlisted)}`));
+  }
   const c = data.current;
   out.push(el("p", {id: "lookup-current"}, c
-    ? el("span", {}, "now: ", actionBadge(c.action, c.dry_run), ` until ${fmtTime(c.until)} (policy ${c.policy} v${c.policy_version})`)
+    ? el("span", {}, "now: ", actionBadge(c.action, c.dry_run), ` until ${fmtTime(c.until)} (policy ${asText(c.policy)} v${asText(c.policy_version)})`)
     : "now: no action in force"));
-  if (canWrite()) out.push(manualControls(data.number));
+  if (canWrite()) out.push(manualControls(title, lookupPath(title)));
+
+  const covered = Array.isArray(data.covered_by) ? data.covered_by : [];
+  if (!source && covered.length) {
+    out.push(el("h4", {}, "Ranges in force that cover this number"), el("ul", {id: "lookup-covered"},
+      ...covered.map((d) => el("li", {}, actionBadge(d.action, d.dry_run), " ", keyLink(asText(d.number), covers(d)),
+        ` until ${fmtTime(d.until)} (${asText(d.policy)} v${asText(d.policy_version)})`, reasonList(d.reasons)))));
+  }
 
   const decisions = (data.decisions || []).map((d) => el("tr", {},
     el("td", {className: "nowrap"}, fmtTime(d.decided_at)), el("td", {}, actionBadge(d.action, d.dry_run)),
-    el("td", {className: "num"}, fmtScore(d.score)), el("td", {className: "nowrap"}, `${d.policy} v${d.policy_version}`),
-    el("td", {}, reasonList(d.reasons))));
+    el("td", {className: "num"}, fmtScore(d.score)), el("td", {className: "nowrap"}, `${asText(d.policy)} v${asText(d.policy_version)}`),
+    el("td", {}, source ? el("p", {className: "covers"}, covers(d)) : null, reasonList(d.reasons))));
   out.push(el("h4", {}, "Decisions"), decisions.length
     ? el("table", {id: "lookup-decisions", className: "compact"},
         el("thead", {}, el("tr", {}, ...["decided", "action", "score", "policy", "why"].map((h) => el("th", {}, h)))),
@@ -612,34 +747,36 @@ async function lookup(number) {
 
   const s = data.score;
   out.push(el("h4", {}, "Last score"));
-  if (s) {
+  if (s && typeof s === "object") {
     const classifier = s.classifier === null || s.classifier === undefined ? "not yet trained" : fmtScore(s.classifier);
     out.push(el("p", {id: "lookup-score"}, `score ${fmtScore(s.score)} at ${fmtTime(s.ts)} `
       + `(prior ${fmtScore(s.prior)}, anomaly ${fmtScore(s.anomaly)}, classifier ${classifier})`));
-    const feats = Object.entries(s.features || {}).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => el("tr", {},
-      el("td", {}, k), el("td", {className: "num"}, typeof v === "number" ? String(Math.round(v * 1000) / 1000) : String(v))));
+    const features = s.features && typeof s.features === "object" ? s.features : {};
+    const feats = Object.entries(features).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => el("tr", {},
+      el("td", {}, k), el("td", {className: "num"}, typeof v === "number" ? String(Math.round(v * 1000) / 1000) : asText(v))));
     out.push(el("div", {className: "scroll features"}, el("table", {id: "lookup-features", className: "compact"},
       el("thead", {}, el("tr", {}, el("th", {}, "feature"), el("th", {}, "value"))), el("tbody", {}, ...feats))));
   } else {
     out.push(el("p", {className: "status"}, "not scored recently"));
   }
 
-  const labels = data.labels || [];
+  const labels = Array.isArray(data.labels) ? data.labels : [];
   if (labels.length) {
     out.push(el("h4", {}, "Labels"), el("ul", {id: "lookup-labels"},
-      ...labels.map((l) => el("li", {}, `${fmtTime(l.ts)} ${l.label}${l.source ? ` (${l.source})` : ""}${l.note ? `: ${l.note}` : ""}`))));
+      ...labels.map((l) => el("li", {}, `${fmtTime(l.ts)} ${asText(l.label)}${l.source ? ` (${asText(l.source)})` : ""}${l.note ? `: ${asText(l.note)}` : ""}`))));
   }
-  const acks = data.acks || [];
+  const acks = Array.isArray(data.acks) ? data.acks : [];
   if (acks.length) {
     out.push(el("h4", {}, "Switch acks"), el("ul", {id: "lookup-acks"},
-      ...acks.map((a) => el("li", {}, `${a.action} ${a.status} in ${Math.round((a.latency_s || 0) * 1000)} ms`
-                                      + (a.detail ? `: ${a.detail}` : "")))));
+      ...acks.map((a) => el("li", {}, `${asText(a.action)} ${asText(a.status)} in ${Math.round((a.latency_s || 0) * 1000)} ms`
+                                      + (a.detail ? `: ${asText(a.detail)}` : "")))));
   }
   $("lookup-result").replaceChildren(...out);
 }
 
-/** Manual block / unblock of the number looked up: a Decision of policy "manual", audited. */
-function manualControls(number) {
+/** Manual block / unblock of what was looked up (a number, range or trunk): a Decision of
+ * policy "manual", audited. The API refuses a protected range or trunk (409) and says why. */
+function manualControls(key, path) {
   const reason = el("input", {id: "manual-reason", className: "grow", placeholder: "reason for a manual block / unblock"});
   const ttl = el("input", {id: "manual-ttl", type: "number", min: "1", step: "1", value: String(MANUAL_BLOCK_TTL_S),
                            title: "block TTL in seconds"});
@@ -649,9 +786,9 @@ function manualControls(number) {
     const why = reason.value.trim();
     if (!why) { setText("manual-error", "a reason is required"); reason.focus(); return; }
     const body = kind === "block" ? {reason: why, ttl_s: Number(ttl.value)} : {reason: why};
-    const ok = await guarded("manual-error", () => api("POST", `/numbers/${enc(number)}/${kind}`, body));
+    const ok = await guarded("manual-error", () => api("POST", `${path}/${kind}`, body));
     if (!ok) return;
-    await Promise.all([lookup(number), refreshDecisions()]);
+    await Promise.all([lookup(key), refreshDecisions(), refreshCampaigns()]);
   };
   block.addEventListener("click", () => act("block"));
   unblock.addEventListener("click", () => act("unblock"));
@@ -676,7 +813,7 @@ function wire() {
   for (const action of THRESHOLD_ACTIONS) {
     $(`slider-${action}`).addEventListener("input", () => { showSliderValue(action); editorChanged(); });
   }
-  for (const input of document.querySelectorAll("input.evidence")) input.addEventListener("input", editorChanged);
+  for (const input of document.querySelectorAll("input.evidence, input.scope-threshold")) input.addEventListener("input", editorChanged);
   $("dry-run").addEventListener("change", editorChanged);
   $("apply-form").addEventListener("submit", (ev) => { ev.preventDefault(); writePolicy("live"); });
   $("start-shadow").addEventListener("click", () => writePolicy("shadow"));
