@@ -24,7 +24,8 @@ expiry, and the cfg reads the fields with ``{s.select,N,:}``, so the entry and i
 lapse together.
 
 A trunk is only unique per switch (``streams.scope.trunk_id``): the adapter of switch ``sw``
-takes ``trunk:sw/<trunk>`` decisions and keys them by ``<trunk>``, which is what the cfg computes
+takes ``trunk:sw/<trunk>`` decisions (and ``trunk:-/<trunk>``, learnt from events that named no
+switch, which the coverage rule applies on any switch) and keys them by ``<trunk>``, which is what the cfg computes
 for each INVITE (``route[TRUNK]``: the RFC 4904 ``tgrp`` of the Contact URI when the source is a
 trusted peer, else the source IP, the same rule as ``services.ingest.sip_dialogs.trunk_of``). Decisions it cannot apply exactly
 are refused with a reason (:class:`Unsupported`), never applied wider than they were meant.
@@ -52,7 +53,6 @@ MAX_NUMBER_DIGITS = 15
 
 # Why a decision cannot be applied to this switch (metric label, ack detail prefix).
 SKIP_OTHER_SWITCH = "other_switch"
-SKIP_NO_SWITCH = "no_switch"
 SKIP_UNSUPPORTED_MATCH = "unsupported_match"
 SKIP_BAD_TARGET = "bad_target"
 SKIP_UNKNOWN_SCOPE = "unknown_scope"
@@ -102,10 +102,14 @@ class Target:
     scope: str
     key: str
     match: CallMatch | None = None
+    #: A ``-/<trunk>`` decision: no switch named, applied on every switch.
+    any_switch: bool = False
 
     def describe(self) -> str:
         where = {SCOPE_NUMBER: "caller", SCOPE_PREFIX: "caller range",
                  SCOPE_TRUNK: "trunk"}[self.scope]
+        if self.any_switch:
+            where = "trunk (of any switch: the decision named none)"
         text = f"{where} {self.key}"
         return f"{text}, only calls with {self.match.describe()}" if self.match else text
 
@@ -146,7 +150,8 @@ def target_of(decision: Decision, switch: str, tables: Tables) -> Target:
         return Target(scope, target)
     if scope == SCOPE_PREFIX:
         return Target(scope, _prefix_key(target, tables.prefix_min_digits), match)
-    return Target(scope, _trunk_key(decision, target, switch), match)
+    return Target(scope, _trunk_key(decision, target, switch), match,
+                  any_switch=target.startswith(UNKNOWN + "/"))
 
 
 def _prefix_key(target: str, min_digits: int) -> str:
@@ -165,13 +170,9 @@ def _trunk_key(decision: Decision, target: str, switch: str) -> str:
     if decision.switch is not None and decision.switch.replace("/", "_") != target_switch:
         raise Unsupported(SKIP_BAD_TARGET, f"decision names switch {decision.switch!r} but its "
                           f"trunk target is on {target_switch!r}")
-    if target_switch == UNKNOWN:
-        # streams.scope.covers matches "-/<trunk>" only to calls whose events named no switch;
-        # applying it here would stop calls the one coverage rule says it does not cover.
-        raise Unsupported(SKIP_NO_SWITCH, f"trunk {trunk} of no named switch ({UNKNOWN!r}): "
-                          f"the coverage rule matches it to no call of switch {switch}, not "
-                          "applied (name the switch on the events: ingest --switch)")
-    if target_switch != switch.replace("/", "_"):
+    # "-/<trunk>" was learnt from events that named no switch: streams.scope.covers takes it
+    # as that trunk on any switch, so every adapter applies it.
+    if target_switch not in (UNKNOWN, switch.replace("/", "_")):
         raise Unsupported(SKIP_OTHER_SWITCH, f"trunk {trunk} of switch {target_switch}, not of "
                           f"this switch {switch}: nothing to apply here")
     if trunk == UNKNOWN:

@@ -8,9 +8,8 @@ import pytest
 from services.settings import Settings
 from services.switch_adapter import (SKIP_OLDER, RpcOp, fold_latest, plan_decision,
                                      rebuild_plan, unblock_of_key, version_of)
-from services.switch_entries import (SKIP_BAD_TARGET, SKIP_NO_SWITCH, SKIP_OTHER_SWITCH,
-                                     SKIP_UNKNOWN_SCOPE, SKIP_UNSUPPORTED_MATCH, Tables,
-                                     entry_value)
+from services.switch_entries import (SKIP_BAD_TARGET, SKIP_OTHER_SWITCH, SKIP_UNKNOWN_SCOPE,
+                                     SKIP_UNSUPPORTED_MATCH, Tables, entry_value)
 from streams.schema import Decision
 from streams.scope import CallMatch, decision_key, trunk_id
 
@@ -97,14 +96,15 @@ def test_other_switch_trunk_is_skipped_with_why() -> None:
     assert plan(trunk("tg-robot", switch="kam-8", action="unblock")).skip == SKIP_OTHER_SWITCH
 
 
-def test_a_trunk_of_no_named_switch_is_not_applied_here() -> None:
-    """``-/<trunk>`` (events without a switch): streams.scope.covers matches it to no call of a
-    named switch, so applying it would stop calls the coverage rule says it does not cover."""
+def test_a_trunk_of_no_named_switch_applies_on_this_switch_too() -> None:
+    """``-/<trunk>`` (learnt from events without a switch): the coverage rule takes it as that
+    trunk on any switch, so this adapter applies it like its own."""
     d = scoped("trunk", trunk_id(None, "gw-1"))
-    assert d.covers("8613800138000", "8613900139000", None, "gw-1", None)
-    assert not d.covers("8613800138000", "8613900139000", SWITCH, "gw-1", None)
+    assert d.covers("8613800138000", "8613900139000", SWITCH, "gw-1", None)
     p = plan(d)
-    assert p.skip == SKIP_NO_SWITCH and p.ops == ()
+    assert p.ops == (RpcOp("htable.setxs", ("trunk", "gw-1", "block:0:*:0", 3500)),)
+    assert "of any switch" in p.detail
+    assert rebuild_plan({d.number: d}, NOW, SWITCH, TABLES) == [d]
 
 
 @pytest.mark.parametrize("match", [
