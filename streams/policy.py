@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import orjson
 
 from streams.schema import AllowEntry, Decision
-from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, SOURCE_SCOPES, CallMatch,
-                           decision_key)
+from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, SEGMENT_NEIGHBOUR,
+                           SOURCE_SCOPES, CallMatch, decision_key)
 
 #: Actions in increasing severity; "unblock" is issued by people, not by thresholds.
 SEVERITY: dict[str, int] = {"": 0, "label": 1, "rate_limit": 2, "block": 3}
@@ -97,6 +97,11 @@ class ScopePolicy:
     #: Upper bound on real conversations per call, judged with one pseudo-conversation added
     #: ((conversations + 1) / (calls + 1)), so a short sample never looks conversation-free.
     max_conversation_share: float = 0.02
+    #: The same bound for a trunk's neighbour-spoofed calls (callers copying the callee's
+    #: number block). People seldom call within their own block through a trunk, so this part
+    #: is unusual in itself and may be judged on fewer calls than the whole trunk or its
+    #: unverified calls, where people are common.
+    neighbour_max_conversation_share: float = 0.02
     #: Most calls from numbers with enough calls for the number view to act on them alone
     #: (its ``min_attempts``: a single-number robot): the number view is the narrower scope,
     #: the source stays out of it.
@@ -124,7 +129,8 @@ class ScopePolicy:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise PolicyError(f"{where}.{name} must be a non-negative integer, got {v!r}")
         _check_ttls(self.ttl_s, f"{where}.ttl_s")
-        for name in ("max_conversation_share", "max_heavy_caller_share", "hysteresis"):
+        for name in ("max_conversation_share", "neighbour_max_conversation_share",
+                     "max_heavy_caller_share", "hysteresis"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
                     or not 0.0 <= v < 1.0:
@@ -151,11 +157,12 @@ class ScopePolicy:
 def _default_scopes() -> dict[str, ScopePolicy]:
     """A whole trunk tolerates fewer conversations (and talkers) than a range before it is
     spared: the people on a shared trunk are a small share of its calls, and a trunk block cuts
-    them all. A range acts on less volume: a pool of numbers in one block dials slowly, and a
-    range of people cannot make 50 calls without one real conversation."""
+    them all (at 1 %, a hundred calls without one). A range acts on less volume: a pool of
+    numbers in one block dials slowly, and a range of people cannot make 50 calls without one
+    real conversation."""
     return {SCOPE_PREFIX: ScopePolicy(min_attempts=50, min_callees=30, min_outcomes=30),
             SCOPE_TRUNK: ScopePolicy(min_attempts=50, min_callees=30, min_outcomes=30,
-                                     max_talkers=3)}
+                                     max_conversation_share=0.01, max_talkers=3)}
 
 
 def _check_ttls(ttl_s: Mapping[str, Any], where: str) -> None:
@@ -595,16 +602,17 @@ def people_on_source(sp: ScopePolicy, feats: Mapping[str, float], segment: str =
     """
     attempts = feats.get(segment + SRC_ATTEMPTS, 0.0)
     talks = feats.get(segment + SRC_CONVERSATIONS, 0.0)
+    bound = sp.neighbour_max_conversation_share if segment == SEGMENT_NEIGHBOUR \
+        else sp.max_conversation_share
     conversation = (talks + (0.0 if seen else 1.0)) / (attempts + 1.0)
-    if conversation > sp.max_conversation_share and (not seen or talks > sp.max_talkers):
+    if conversation > bound and (not seen or talks > sp.max_talkers):
         return (f"up to {100 * conversation:.1f}% of calls are real conversations > "
-                f"{100 * sp.max_conversation_share:.1f}%: people call through it")
+                f"{100 * bound:.1f}%: people call through it")
     day_talks = feats.get(segment + SRC_CONVERSATIONS_DAY, 0.0)
     day = (day_talks + 1.0) / (feats.get(segment + SRC_ATTEMPTS_DAY, 0.0) + 1.0)
-    if day > sp.max_conversation_share and day_talks > sp.max_talkers:
+    if day > bound and day_talks > sp.max_talkers:
         return (f"{100 * day:.1f}% of its calls in the last day were real conversations > "
-                f"{100 * sp.max_conversation_share:.1f}%: people call through it, if not "
-                "this hour")
+                f"{100 * bound:.1f}%: people call through it, if not this hour")
     if feats.get(segment + SRC_TALKERS, 0.0) > sp.max_talkers:
         return (f"{feats.get(segment + SRC_TALKERS, 0.0):.0f} callers held real "
                 f"conversations > {sp.max_talkers}: people call through it")

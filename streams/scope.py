@@ -56,6 +56,14 @@ UNKNOWN = "-"
 MAX_TRUNK_ID = 128
 
 
+#: Parts of a trunk's calls that a narrowed trunk decision can cover, as the feature-name
+#: prefixes the source stage counts them under: all calls, neighbour-spoofed calls (a
+#: :class:`CallMatch` with ``neighbour_tail``), calls without A attestation (``attest``).
+SEGMENT_ALL = ""
+SEGMENT_NEIGHBOUR = "nb_"
+SEGMENT_UNVERIFIED = "uv_"
+
+
 class ScopeError(ValueError):
     """A scope, target or match that cannot be applied; the message says which part."""
 

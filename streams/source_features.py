@@ -39,7 +39,8 @@ import orjson
 from streams.features import (FAIL_BUSY_NO_ANSWER, FAIL_OTHER, FAIL_REJECTED,
                               FAIL_UNALLOCATED, fail_class)
 from streams.schema import SourceEvent
-from streams.scope import is_neighbour, range_of
+from streams.scope import (SEGMENT_ALL, SEGMENT_NEIGHBOUR, SEGMENT_UNVERIFIED, is_neighbour,
+                           range_of)
 
 BUCKET_S = 300
 #: Window lengths in buckets; names are used in feature keys and reasons.
@@ -62,7 +63,7 @@ _FAIL_SLOT = {FAIL_UNALLOCATED: F_UNALLOC, FAIL_BUSY_NO_ANSWER: F_BUSY,
 
 # Segments: feature-name prefix of each. A range has only the first.
 SEG_ALL, SEG_NEIGHBOUR, SEG_UNVERIFIED = 0, 1, 2
-SEGMENT_PREFIX: tuple[str, ...] = ("", "nb_", "uv_")
+SEGMENT_PREFIX: tuple[str, ...] = (SEGMENT_ALL, SEGMENT_NEIGHBOUR, SEGMENT_UNVERIFIED)
 TRUNK_SEGMENTS = 3
 RANGE_SEGMENTS = 1
 #: Bits of a call remembered between its attempt and its outcome (attestation is only on the

@@ -64,8 +64,9 @@ def test_campaign_calls_count_late_calls_and_time_to_first_stop():
 
 
 def test_decisions_of_any_stage_and_scope_stop_calls_from_the_next_attempt(monkeypatch):
-    """A stand-in for the source stage: it publishes a trunk decision into the sink on the
-    rotating campaign's first call; every later call of the campaign is stopped, that one not."""
+    """A stand-in for the source stage (the real one switched off): it publishes a trunk
+    decision into the sink on the rotating campaign's first call; every later call of the
+    campaign is stopped, that one not."""
     fold = evaluate.Detector.fold
     trunk = "tk-gw-rot-0"
 
@@ -79,6 +80,8 @@ def test_decisions_of_any_stage_and_scope_stop_calls_from_the_next_attempt(monke
                 0.0, ev.ts, scope="trunk", target=target, switch=ev.switch))
 
     monkeypatch.setattr(evaluate.Detector, "fold", fold_with_source_stage)
+    # The real source stage would publish its own decisions on the same trunk key.
+    monkeypatch.setattr(evaluate.SourceDetector, "fold", lambda self, ev, ctx=None: None)
     result = run_one("small", seed=11, hours=1, settings=Settings.from_env({}))
     g = result.calls[("rotating", "rotating-0")]
     assert g.calls > 10 and g.stopped == g.calls - 1
