@@ -190,3 +190,58 @@ def test_tables_follow_the_settings() -> None:
     t = Tables.of(Settings.from_env(environ={}, adapter_trunk_rate_limit_calls=90,
                                     adapter_htable_trunk="trk"))
     assert (t.trunk, t.trunk_rate_limit_calls, t.calls("trunk")) == ("trk", 90, 90)
+
+
+class _Rpc:
+    """A switch that records the JSON-RPC calls it is given."""
+
+    def __init__(self) -> None:
+        self.ops: list[RpcOp] = []
+
+    def run(self, op: RpcOp) -> None:
+        self.ops.append(op)
+
+
+def _adapter(log_only: bool):
+    from services.switch_adapter import SwitchAdapter
+
+    settings = Settings.from_env(environ={}, switch_name=SWITCH,
+                                 kafka_bootstrap="127.0.0.1:1")
+    rpc = _Rpc()
+    adapter = SwitchAdapter(settings, rpc=rpc,  # type: ignore[arg-type]
+                            clock=lambda: NOW, progress=None, log_only=log_only)
+    acks: list[tuple[str, str, str]] = []
+
+    def ack(d: Decision, status: str, detail: str, **_: object) -> None:
+        acks.append((d.number, status, detail))
+
+    adapter._ack = ack  # type: ignore[method-assign]
+    return adapter, rpc, acks
+
+
+def test_adapter_applies_scoped_decisions_and_acks_by_key() -> None:
+    adapter, rpc, acks = _adapter(log_only=False)
+    try:
+        adapter.handle(trunk("tg-1", match={"attest": ["none"]}))
+        adapter.handle(trunk("tg-1", switch="kam-8"))
+        adapter.handle(trunk("tg-1", decided_at=NOW - 200))  # older than the one applied
+        assert rpc.ops == [RpcOp("htable.setxs", ("trunk", "tg-1", "block:0:N:0", 3500))]
+        assert [(k, s) for k, s, _ in acks] == [("trunk:kam-7/tg-1", "applied"),
+                                                ("trunk:kam-8/tg-1", "skipped"),
+                                                ("trunk:kam-7/tg-1", "skipped")]
+        assert adapter.blocked_until == {"trunk:kam-7/tg-1": NOW + 3500}
+    finally:
+        adapter.consumer.close()
+
+
+def test_log_only_adapter_says_what_a_scoped_decision_would_do() -> None:
+    adapter, rpc, acks = _adapter(log_only=True)
+    try:
+        adapter.handle(scoped("prefix", "86170555", action="rate_limit", decided_at=NOW))
+        assert rpc.ops == []
+        [(key, status, detail)] = acks
+        assert (key, status) == ("prefix:86170555", "skipped")
+        assert detail == ("log only, no switch attached: would be rate limited to 30 INVITEs "
+                          "per window for 3600s: caller range 86170555")
+    finally:
+        adapter.consumer.close()
