@@ -25,10 +25,11 @@ lapse together.
 
 A trunk is only unique per switch (``streams.scope.trunk_id``): the adapter of switch ``sw``
 takes ``trunk:sw/<trunk>`` decisions (and ``trunk:-/<trunk>``, learnt from events that named no
-switch, which the coverage rule applies on any switch) and keys them by ``<trunk>``, which is what the cfg computes
-for each INVITE (``route[TRUNK]``: the RFC 4904 ``tgrp`` of the Contact URI when the source is a
-trusted peer, else the source IP, the same rule as ``services.ingest.sip_dialogs.trunk_of``). Decisions it cannot apply exactly
-are refused with a reason (:class:`Unsupported`), never applied wider than they were meant.
+switch, which the coverage rule applies on any switch) and keys them by ``<trunk>``, which is
+what the cfg computes for each INVITE (``route[TRUNK]``: the RFC 4904 ``tgrp`` of the Contact
+URI when the source is a trusted peer, else the source IP, the same rule as
+``services.ingest.sip_dialogs.trunk_of``). Decisions it cannot apply exactly are refused with a
+reason (:class:`Unsupported`), never applied wider than they were meant.
 """
 
 from __future__ import annotations

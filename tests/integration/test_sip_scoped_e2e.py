@@ -213,10 +213,11 @@ def test_rotating_robots_are_stopped_at_trunk_and_range(broker_settings: Setting
 
         placed = len(calls)
         blocked = sum(1 for c in outcome.values() if c == 603)
-        print(f"\nscoped e2e: {placed} calls placed, {blocked} got 603 "
-              f"({', '.join(f'{w} {len(c)}' for w, c in sorted(by_who.items()) if w in robots)}), "
-              f"{sum(1 for c in outcome.values() if c == 200)} completed "
-              f"({', '.join(f'{w} {len(c)}' for w, c in sorted(by_who.items()) if w not in robots)})")
+        stopped = ", ".join(f"{w} {len(c)}" for w, c in sorted(by_who.items()) if w in robots)
+        through = ", ".join(f"{w} {len(c)}" for w, c in sorted(by_who.items())
+                            if w not in robots)
+        print(f"\nscoped e2e: {placed} calls placed, {blocked} got 603 ({stopped}), "
+              f"{sum(1 for c in outcome.values() if c == 200)} completed ({through})")
     finally:
         uac.stop()
         acks.close()
