@@ -21,6 +21,7 @@ from typing import Any
 
 from services.broker import free_ports
 from services.child_process import LOG_TAIL_LINES, log_tail, stop_group
+from services.ingest.sip_dialogs import TgrpPeers
 from services.settings import REPO_ROOT, Settings
 
 CONFIG = REPO_ROOT / "services" / "kamailio" / "dialguard.cfg"
@@ -32,6 +33,15 @@ RPC_TIMEOUT_S = 2.0
 #: Shared memory and per-process memory (MB): plenty for a test switch, small on a shared laptop.
 SHM_MB = 64
 PKG_MB = 8
+
+
+def emergency_regex() -> str:
+    """Callees the switch never screens: the emergency numbers of the policy's built-in
+    allowlist, so the worker and the switch protect the same ones."""
+    from streams.policy import BUILTIN_ALLOW
+
+    numbers = sorted(n for n, why in BUILTIN_ALLOW.items() if why.startswith("emergency"))
+    return "^(" + "|".join(numbers) + ")$"
 
 
 def kamailio_string(value: str) -> str:
@@ -92,6 +102,9 @@ class KamailioProcess:
     country_code: str = "86"
     capture_id: int = 1
     rate_window_s: int = 60
+    prefix_min_digits: int = 5
+    #: Peers whose Contact tgrp names the trunk (DIALGUARD_SIP_TGRP_PEERS); empty: none.
+    tgrp_peers: str = ""
     extra_defines: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -111,7 +124,9 @@ class KamailioProcess:
         return cls(run_dir=run_dir or settings.run_dir / "kamailio", hep_port=settings.hep_port,
                    dest_uri=settings.kamailio_dest_uri, redress=settings.redress_contact,
                    sip_port=settings.kamailio_sip_port, http_port=rpc.port,
-                   country_code=settings.country_code)
+                   country_code=settings.country_code,
+                   prefix_min_digits=settings.adapter_prefix_min_digits,
+                   tgrp_peers=settings.sip_tgrp_peers)
 
     @property
     def rpc_url(self) -> str:
@@ -140,6 +155,9 @@ class KamailioProcess:
             "COUNTRY_CODE": kamailio_string(self.country_code),
             "REDRESS": kamailio_string(self.redress),
             "RATE_WINDOW_S": str(self.rate_window_s),
+            "PREFIX_MIN_DIGITS": str(self.prefix_min_digits),
+            "EMERGENCY": kamailio_string(emergency_regex()),
+            "TGRP_PEERS": kamailio_string(str(TgrpPeers.parse(self.tgrp_peers))),
         }
         if self.unalloc_prefix:
             out["UNALLOC_PREFIX"] = kamailio_string(self.unalloc_prefix)

@@ -121,7 +121,11 @@ def _start_children(settings: Settings, procs: dict[str, subprocess.Popen], simu
     half-way still stops what did start) and print what runs where."""
     procs["worker"] = _spawn(settings, "worker", ["worker"], to_terminal=False)
     procs["api"] = _spawn(settings, "api", ["api"], to_terminal=False)
-    procs["hep-collector"] = _spawn(settings, "hep-collector", ["ingest", "hep"],
+    # The collector hears the embedded Kamailio only: its events name the switch the adapter
+    # drives, so trunk decisions made from them reach that adapter (not "hep-1").
+    procs["hep-collector"] = _spawn(settings, "hep-collector",
+                                    ["ingest", "hep", "--switch",
+                                     settings.sip_switch or settings.switch_name],
                                     to_terminal=False)
     kamailio, no_switch = _start_kamailio(settings)
     if kamailio is not None:

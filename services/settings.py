@@ -189,6 +189,20 @@ class Settings:
     adapter_retry_initial_s: float = 0.2
     adapter_retry_max_s: float = 5.0
     adapter_pending_retry_s: float = 10.0
+    #: Scoped decisions (issue 10, services/switch_entries.py): htables of caller ranges and
+    #: trunks, INVITEs per rate window a rate-limited range or trunk keeps (a trunk carries many
+    #: callers, so more than one number), and the shortest range the adapter applies (shorter
+    #: is refused with an ack: it would be a number block, not a robot's pool).
+    adapter_htable_prefix: str = "prefix"
+    adapter_htable_trunk: str = "trunk"
+    adapter_prefix_rate_limit_calls: int = 30
+    adapter_trunk_rate_limit_calls: int = 60
+    adapter_prefix_min_digits: int = 5
+    #: Peers (comma separated IP addresses or networks) trusted to name the trunk group of
+    #: their calls with an RFC 4904 ``tgrp`` in the Contact; from any other source the trunk
+    #: is the source address. Read by the SIP ingest and passed to Kamailio (TGRP_PEERS), so
+    #: both name a call's trunk alike. Empty: nobody's tgrp is believed.
+    sip_tgrp_peers: str = ""
     #: Kamailio for ``make run`` / tests (services/kamailio_process.py): SIP port and next hop.
     kamailio_sip_port: int = 5060
     kamailio_dest_uri: str = "sip:127.0.0.1:5080"

@@ -13,6 +13,14 @@ label      nothing: a label annotates a number, it does not act on traffic (ack 
 dry run    nothing, whatever the action: dry-run decisions are never applied (ack "skipped")
 ========== ===================================================================================
 
+Range (``prefix``) and ``trunk`` decisions land in htables ``prefix`` and ``trunk``, one entry
+per range or trunk whose value says block or rate limit and which part of the calls
+(:mod:`services.switch_entries` holds that contract with ``dialguard.cfg``); a newer decision
+on the same key overwrites the entry, an unblock deletes it. A trunk decision for another
+switch is acked "skipped" (``other_switch``); a decision this switch cannot apply exactly (a
+match it does not understand, a range too short, a key that does not fit its scope) is acked
+"skipped" with why, never applied wider than it was decided.
+
 With ``--log-only`` (``make run`` on a machine without Kamailio) no switch is attached: every
 decision that would change one is logged with what would have been done and acked "skipped"
 (``log_only``), so nobody mistakes the embedded default for an enforcing network.
@@ -54,7 +62,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.admin import watermarks
 from services.kamailio_process import RpcError, rpc_call
 from services.settings import Settings
+from services.switch_entries import Tables, Target, Unsupported, entry_value, target_of
 from streams.schema import Ack, Decision
+from streams.scope import SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, parse_key, split_trunk_id
 from streams.sink import producer_config
 from streams.topics import ACKS, DECISIONS
 
@@ -87,7 +97,8 @@ APPLY_SECONDS = Histogram("dialguard_switch_apply_seconds",
                           "(live decisions; the start-up rebuild is not counted)",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 BLOCKED_ENTRIES = Gauge("dialguard_switch_blocked_entries",
-                        "Numbers the adapter holds a live block entry for in the switch")
+                        "Numbers, caller ranges and trunks the adapter holds a live block "
+                        "entry for in the switch")
 PENDING = Gauge("dialguard_switch_pending_decisions",
                 "Decisions that failed to apply and are being retried")
 BAD_DECISIONS = Counter("dialguard_switch_bad_decisions_total",
@@ -106,20 +117,6 @@ SKIP_LOG_ONLY = "log_only"
 
 
 # --- pure decision logic ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tables:
-    """Names of the switch's htables and what a rate limit allows."""
-
-    blocked: str = "blocked"
-    ratelimit: str = "ratelimit"
-    rate_limit_calls: int = 6
-
-    @classmethod
-    def of(cls, settings: Settings) -> "Tables":
-        return cls(settings.adapter_htable_blocked, settings.adapter_htable_ratelimit,
-                   settings.adapter_rate_limit_calls)
-
-
 @dataclass(frozen=True)
 class RpcOp:
     method: str
@@ -152,17 +149,24 @@ def remaining_ttl(decision: Decision, now: float) -> float:
 
 
 def plan_decision(decision: Decision, last: Version | None, now: float,
-                  tables: Tables) -> Plan:
-    """What the switch must do with ``decision`` given the version last applied for its number."""
+                  tables: Tables, switch: str) -> Plan:
+    """What switch ``switch`` must do with ``decision`` given the version last applied for
+    its key (the number, ``prefix:<digits>`` or ``trunk:<switch>/<trunk>``)."""
     if decision.dry_run:
         return Plan(skip=SKIP_DRY_RUN, detail="dry run: never applied to the switch")
     if decision.action == "label":
         return Plan(skip=SKIP_LABEL, detail="label: annotates the number, nothing to apply")
     if decision.action not in ("block", "rate_limit", "unblock"):
         return Plan(skip=SKIP_UNKNOWN, detail=f"unknown action {decision.action!r}")
+    try:
+        target = target_of(decision, switch, tables)
+    except Unsupported as exc:
+        return Plan(skip=exc.why, detail=exc.detail)
     if last is not None and version_of(decision) <= last:
         return Plan(skip=SKIP_OLDER, detail=f"not newer than the decision applied "
                                             f"(decided_at {last[0]:.3f})")
+    if target.scope != SCOPE_NUMBER:
+        return _plan_entry(decision, target, now, tables)
     number = decision.number
     drop_block = RpcOp("htable.delete", (tables.blocked, number))
     drop_limit = RpcOp("htable.delete", (tables.ratelimit, number))
@@ -184,6 +188,54 @@ def plan_decision(decision: Decision, last: Version | None, now: float,
     return Plan(ops=ops, detail=detail, expires_at=now + expire)
 
 
+def _plan_entry(decision: Decision, target: Target, now: float, tables: Tables) -> Plan:
+    """A range or trunk decision: one entry of htable ``prefix`` / ``trunk`` set or deleted."""
+    table = tables.prefix if target.scope == SCOPE_PREFIX else tables.trunk
+    drop = RpcOp("htable.delete", (table, target.key))
+    where = target.describe()
+    if decision.action == "unblock":
+        return Plan(ops=(drop,), detail=f"unblocked: {where} entry removed")
+    left = remaining_ttl(decision, now)
+    if left <= 0:
+        return Plan(ops=(drop,), detail=f"{decision.action} expired {-left:.0f}s before it "
+                    f"reached the switch: {where} entry removed")
+    expire = max(1, math.ceil(left))
+    calls = tables.calls(target.scope)
+    value = entry_value(decision.action, calls, target.match)
+    if decision.action == "block":
+        detail = f"blocked for {expire}s: {where}"
+    else:
+        detail = f"rate limited to {calls} INVITEs per window for {expire}s: {where}"
+    return Plan(ops=(RpcOp("htable.setxs", (table, target.key, value, expire)),),
+                detail=detail, expires_at=now + expire)
+
+
+def unblock_of_key(key: str, now: float) -> Decision:
+    """What a tombstone on the decisions topic means: the key's decision is gone, so whatever
+    the switch holds for it (number, range or trunk) is lifted."""
+    scope, target = parse_key(key)
+    switch = None
+    if scope == SCOPE_TRUNK:
+        try:
+            switch = split_trunk_id(target)[0]
+        except ValueError:
+            switch = None
+    return Decision(number=key, action="unblock", ttl_s=0, score=0.0,
+                    reasons=["tombstone on the decisions topic"], policy="", policy_version=0,
+                    decided_at=now, trigger_ts=0.0, scope=scope, target=target, switch=switch)
+
+
+def applies_here(decision: Decision, switch: str, tables: Tables) -> bool:
+    """Whether this switch can apply the decision at all (not another switch's trunk, not a
+    match or target it refuses); the rebuild leaves the others alone quietly, they were acked
+    "skipped" with why when they came."""
+    try:
+        target_of(decision, switch, tables)
+    except Unsupported:
+        return False
+    return True
+
+
 def fold_latest(decisions: Iterable[tuple[str, Decision | None]]) -> dict[str, Decision]:
     """Newest enforcing decision per number from ``(key, decision or tombstone)`` records.
 
@@ -203,11 +255,14 @@ def fold_latest(decisions: Iterable[tuple[str, Decision | None]]) -> dict[str, D
     return latest
 
 
-def rebuild_plan(latest: dict[str, Decision], now: float) -> list[Decision]:
+def rebuild_plan(latest: dict[str, Decision], now: float, switch: str = "",
+                 tables: Tables = Tables()) -> list[Decision]:
     """Decisions a rebuilt switch needs: live blocks and rate limits, and unblocks (a switch
-    that kept running may still hold the entry); expired ones are left out."""
+    that kept running may still hold the entry); expired ones are left out, and so are
+    decisions this switch does not apply (another switch's trunk, a match it does not know)."""
     return [d for d in latest.values()
-            if d.action == "unblock" or remaining_ttl(d, now) > 0]
+            if (d.action == "unblock" or remaining_ttl(d, now) > 0)
+            and (not switch or applies_here(d, switch, tables))]
 
 
 def backoff_delays(attempts: int, initial: float, cap: float) -> list[float]:
@@ -356,7 +411,7 @@ class SwitchAdapter:
         self.consumer.unassign()
         latest = fold_latest(records)
         now = self.clock()
-        todo = rebuild_plan(latest, now)
+        todo = rebuild_plan(latest, now, self.switch, self.tables)
         print(f"[switch-adapter] rebuild: {len(records)} decision records, {len(latest)} "
               f"numbers, {len(todo)} to apply to {self.switch}", file=self.progress or sys.stderr,
               flush=True)
@@ -389,9 +444,7 @@ class SwitchAdapter:
         number, decision = record
         if decision is None:
             # A tombstone: the number has no decision any more; lift what the switch holds.
-            decision = Decision(number=number, action="unblock", ttl_s=0, score=0.0,
-                                reasons=["tombstone on the decisions topic"], policy="",
-                                policy_version=0, decided_at=self.clock(), trigger_ts=0.0)
+            decision = unblock_of_key(number, self.clock())
         self.handle(decision)
 
     def handle(self, decision: Decision, rebuild: bool = False) -> None:
@@ -400,7 +453,7 @@ class SwitchAdapter:
         last = self.applied.get(decision.number)
         if queued is not None and (last is None or version_of(queued.decision) > last):
             last = version_of(queued.decision)
-        plan = plan_decision(decision, last, now, self.tables)
+        plan = plan_decision(decision, last, now, self.tables, self.switch)
         if not plan.applies:
             self.tally.skipped += 1
             SKIPPED_TOTAL.labels(plan.skip).inc()
@@ -489,7 +542,7 @@ class SwitchAdapter:
             if item is None:
                 continue
             plan = plan_decision(item.decision, self.applied.get(number), self.clock(),
-                                 self.tables)
+                                 self.tables, self.switch)
             if not plan.applies:
                 self.pending.pop(number, None)
                 continue

@@ -55,9 +55,13 @@ HEP_CONNECTIONS = Counter("dialguard_ingest_hep_tcp_connections_total",
 class HepCollector:
     """Turns HEP packets from any transport into events; one per process, one tracker."""
 
-    def __init__(self, settings: Settings, sink: EventSink) -> None:
+    def __init__(self, settings: Settings, sink: EventSink, switch: str = "") -> None:
         self.settings = settings
         self.sink = sink
+        #: ``switch`` of every event: ``--switch``, else DIALGUARD_SIP_SWITCH, else
+        #: ``hep-<capture agent id>`` per packet. Trunk decisions name this switch, so it must
+        #: be the ``DIALGUARD_SWITCH_NAME`` of the adapter driving the traced switch.
+        self.switch = switch or settings.sip_switch
         self.feed = SipFeed.for_settings(settings, sink)
         #: Capture time of the newest packet and the monotonic clock when it came, so that
         #: expiry keeps moving in event time while the network is quiet.
@@ -92,7 +96,7 @@ class HepCollector:
             self.sink.dead_letter(packet.raw, REASON_NOT_SIP,
                                   f"HEP proto type {packet.proto_type}, not SIP (1)")
             return
-        switch = self.settings.sip_switch or (
+        switch = self.switch or (
             f"hep-{packet.capture_id}" if packet.capture_id is not None else None)
         self.feed.payload(packet.payload, packet.ts, packet.raw, trunk=packet.src_ip or None,
                           switch=switch)
@@ -151,7 +155,7 @@ async def serve(collector: HepCollector, host: str, port: int,
     tcp = await loop.create_server(lambda: _Tcp(collector), host, port)
     log.info("HEP collector listening on udp+tcp %s:%d (switch %s, setup timeout %.0fs, "
              "max dialogs %d, UDP receive buffer %d bytes)", host, port,
-             collector.settings.sip_switch or "from capture id",
+             collector.switch or "from capture id",
              collector.settings.sip_setup_timeout_s, collector.settings.sip_max_dialogs,
              udp_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
     try:
@@ -175,7 +179,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         start_http_server(metrics_port, addr=settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_port)
     sink = EventSink(settings, SOURCE)
-    collector = HepCollector(settings, sink)
+    collector = HepCollector(settings, sink, args.switch or "")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -214,4 +218,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "DIALGUARD_HEP_PORT, 9060)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port "
                    "(default DIALGUARD_INGEST_METRICS_PORT, 9313; 0 = no metrics server)")
+    p.add_argument("--switch", default=None, help="switch name stamped on the events (default "
+                   "DIALGUARD_SIP_SWITCH, else hep-<capture agent id>); give it the "
+                   "DIALGUARD_SWITCH_NAME of the traced switch's adapter, or trunk decisions "
+                   "would name a switch no adapter drives")
     p.set_defaults(ingest_func=run)

@@ -87,6 +87,20 @@ def address_string(digits: str, nai: int, plan: NumberPlan) -> str:
     return digits
 
 
+def isup_trunk(m: "IsupMessage") -> str:
+    """Trunk of an IAM when the probe names none: ``<OPC>-<DPC>``, the circuits between the
+    originating signalling point and this one (the interconnect trunk group a robot's calls
+    enter through, whatever caller number they show). A probe that knows the circuit group's
+    name puts it in the record's ``trunk``."""
+    return f"{m.opc}-{m.dpc}"
+
+
+def isup_switch(m: "IsupMessage") -> str:
+    """Switch of an IAM when no ``--switch``/record names one: the destination point code,
+    the exchange that received the call (never null, so a trunk decision names a switch)."""
+    return f"pc-{m.dpc}"
+
+
 @dataclass(frozen=True, slots=True)
 class IsupMessage:
     """One ISUP message as a probe or a capture saw it (numbers only on IAM, cause on REL)."""
@@ -212,8 +226,8 @@ class IsupCallTracker:
             del self.calls[key]
             self.counts["superseded"] += 1
         call = _Call(call_id=f"{m.opc}-{m.dpc}-{m.cic}-{m.ts:.3f}", caller=caller,
-                     callee=callee, iam_ts=m.ts, last_ts=m.ts,
-                     trunk=m.trunk or f"{m.opc}-{m.dpc}", switch=m.switch)
+                     callee=callee, iam_ts=m.ts, last_ts=m.ts, trunk=m.trunk or isup_trunk(m),
+                     switch=m.switch or isup_switch(m))
         self.calls[key] = call
         self.counts["started"] += 1
         while len(self.calls) > self.max_calls:

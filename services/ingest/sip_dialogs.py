@@ -35,12 +35,21 @@ What the tracker chose where the issue left a choice (README "SIP and HEP ingest
 * The Identity header's PASSporT ``attest`` claim is read *without* verifying the signature or
   the certificate: dialguard is not the verification service, it only records what the call
   claimed (a verification service on the switch is where the signature is checked).
+* ``trunk`` is the trunk the INVITE entered through, by the same rule as the switch
+  (``route[TRUNK]`` of services/kamailio/dialguard.cfg), so trunk decisions made from these
+  events match the calls the switch screens: the RFC 4904 originating trunk group (``tgrp``) in
+  the Contact URI (user part or URI parameter) when the INVITE comes from a peer trusted to
+  name its trunk groups (``DIALGUARD_SIP_TGRP_PEERS``), else the source address the capture
+  gives (:func:`trunk_of`). A caller's own Contact is whatever it wants it to be: were its tgrp
+  believed from anyone, a robot sending straight to the switch would show a fresh trunk group
+  on every call, as it shows a fresh number.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -99,7 +108,7 @@ class SipMessage:
     caller: str = ""  # INVITE only: P-Asserted-Identity user, else From user
     callee: str = ""  # INVITE only: Request-URI user, else To user
     attest: str | None = None
-    trunk: str | None = None  # where the message came from (e.g. the peer's IP)
+    trunk: str | None = None  # INVITE: trunk_of(); else where it came from (the peer's IP)
     switch: str | None = None  # who captured it
 
 
@@ -137,9 +146,94 @@ def is_keepalive(payload: bytes) -> bool:
     return not payload.strip(b"\r\n")
 
 
+#: RFC 4904 trunk group parameter.
+TGRP = "tgrp"
+
+
+def contact_tgrp(contact: str) -> str | None:
+    """The RFC 4904 trunk group of a Contact header value, or None.
+
+    An originating switch names the trunk group a call left it on in the Contact URI: in the
+    user part (``<sip:+8613800138000;tgrp=TG-1;trunk-context=peer.example@host>``, RFC 4904's
+    form) or, as many trunks do, as a URI parameter (``<sip:8613800138000@host;tgrp=TG-1>``).
+    The user part wins, as in dialguard.cfg; an empty ``tgrp`` counts as none.
+    """
+    text = contact.strip()
+    if "<" in text:
+        text = text[text.find("<") + 1:].split(">", 1)[0]
+    else:
+        text = text.split(",", 1)[0]
+    text = text.split("?", 1)[0]
+    _, colon, rest = text.partition(":")
+    if not colon:
+        return None
+    user, at, hostpart = rest.rpartition("@")
+    candidates = ([user.split(";")[1:]] if at else []) + [hostpart.split(";")[1:]]
+    for params in candidates:
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == TGRP and value.strip():
+                return value.strip()
+    return None
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class TgrpPeers:
+    """Source networks whose Contact ``tgrp`` is believed (interconnects and trunking gateways
+    that name their trunk groups); from anywhere else the trunk is the source address.
+
+    The same list goes to the switch (``TGRP_PEERS`` of dialguard.cfg, checked with ipops'
+    ``is_in_subnet``), so the switch and the ingest name a call's trunk alike.
+    """
+
+    networks: tuple[IpNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "TgrpPeers":
+        """``"10.1.0.0/16, 192.0.2.7"`` -> networks; ValueError names a bad entry."""
+        nets = []
+        for item in (t.strip() for t in text.split(",")):
+            if not item:
+                continue
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"DIALGUARD_SIP_TGRP_PEERS: {item!r} is not an IP address or "
+                                 "network") from None
+        return cls(tuple(nets))
+
+    def trusts(self, source: str | None) -> bool:
+        if not source or not self.networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(source.strip("[]"))
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+    def __str__(self) -> str:
+        return ",".join(str(n) for n in self.networks)
+
+
+NO_TGRP_PEERS = TgrpPeers()
+
+
+def trunk_of(contact: str | None, source: str | None,
+             peers: TgrpPeers = NO_TGRP_PEERS) -> str | None:
+    """Trunk of an INVITE: its Contact's ``tgrp`` (:func:`contact_tgrp`) when ``source`` is a
+    trusted peer, else ``source`` (the address the request came from: HEP source IP, pcap
+    ``ip.src``)."""
+    tgrp = contact_tgrp(contact) if contact and peers.trusts(source) else None
+    return tgrp or source
+
+
 def parse_sip(payload: bytes, ts: float, trunk: str | None = None,
-              switch: str | None = None) -> SipMessage:
-    """One SIP message (bytes as captured) -> :class:`SipMessage`, or :class:`SipError`."""
+              switch: str | None = None, tgrp_peers: TgrpPeers = NO_TGRP_PEERS) -> SipMessage:
+    """One SIP message (bytes as captured) -> :class:`SipMessage`, or :class:`SipError`;
+    ``trunk`` is where it came from, replaced on an INVITE by :func:`trunk_of`."""
     try:
         msg = Message.parse(payload)
         call_id = msg.headers.get("Call-ID")
@@ -156,7 +250,7 @@ def parse_sip(payload: bytes, ts: float, trunk: str | None = None,
                              cseq_method=cseq.method.upper(), method=msg.method.upper(),
                              to_tag=to_tag, trunk=trunk, switch=switch)
             if out.method == "INVITE":
-                _identify(msg, out, to)
+                _identify(msg, out, to, tgrp_peers)
             return out
         return SipMessage(ts=ts, call_id=call_id, cseq=cseq.sequence,
                           cseq_method=cseq.method.upper(), status=msg.code, to_tag=to_tag,
@@ -179,7 +273,7 @@ def _param(header: str, name: str) -> str | None:
     return None
 
 
-def _identify(msg: Request, out: SipMessage, to: str) -> None:
+def _identify(msg: Request, out: SipMessage, to: str, tgrp_peers: TgrpPeers) -> None:
     """Caller, callee and attestation of an INVITE."""
     for pai in msg.headers.getlist("P-Asserted-Identity"):
         for one in pai.split(","):
@@ -195,6 +289,7 @@ def _identify(msg: Request, out: SipMessage, to: str) -> None:
         raise SipError(REASON_NO_CALLER, "INVITE without a user in P-Asserted-Identity or From")
     if not out.callee:
         raise SipError(REASON_NO_CALLEE, "INVITE without a user in the Request-URI or To")
+    out.trunk = trunk_of(msg.headers.get("Contact"), out.trunk, tgrp_peers)
     for identity in msg.headers.getlist("Identity"):
         out.attest = passport_attest(identity)
         if out.attest:

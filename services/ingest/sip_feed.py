@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
 
-from services.ingest.sip_dialogs import (WHY_KEEPALIVE, DialogTracker, SipError, is_keepalive,
-                                         parse_sip)
+from services.ingest.sip_dialogs import (NO_TGRP_PEERS, WHY_KEEPALIVE, DialogTracker, SipError,
+                                         TgrpPeers, is_keepalive, parse_sip)
 from streams.schema import EventValidator, SignalingEvent
 
 if TYPE_CHECKING:
@@ -42,8 +42,9 @@ def tracker_for(settings: "Settings") -> DialogTracker:
 
 class SipFeed:
     def __init__(self, tracker: DialogTracker, sink: "EventSink",
-                 validator: EventValidator) -> None:
+                 validator: EventValidator, tgrp_peers: TgrpPeers = NO_TGRP_PEERS) -> None:
         self.tracker = tracker
+        self.tgrp_peers = tgrp_peers
         self.sink = sink
         self.validator = validator
         self.latest_ts = 0.0
@@ -52,7 +53,8 @@ class SipFeed:
 
     @classmethod
     def for_settings(cls, settings: "Settings", sink: "EventSink") -> "SipFeed":
-        return cls(tracker_for(settings), sink, EventValidator.of(settings))
+        return cls(tracker_for(settings), sink, EventValidator.of(settings),
+                   TgrpPeers.parse(settings.sip_tgrp_peers))
 
     def payload(self, payload: bytes, ts: float, raw: bytes, trunk: str | None = None,
                 switch: str | None = None, origin: str = "") -> None:
@@ -62,7 +64,8 @@ class SipFeed:
             self.sink.ignore(WHY_KEEPALIVE)
             return
         try:
-            message = parse_sip(payload, ts, trunk=trunk, switch=switch)
+            message = parse_sip(payload, ts, trunk=trunk, switch=switch,
+                                tgrp_peers=self.tgrp_peers)
         except SipError as exc:
             self.sink.dead_letter(raw, exc.reason, f"{origin}: {exc.detail}" if origin
                                   else exc.detail)

@@ -198,12 +198,13 @@ class SippUas:
 
 @dataclass
 class SippUac:
-    """A SIPp client scenario placing ``calls`` calls from an injection CSV (caller;callee)."""
+    """A SIPp client scenario placing ``calls`` calls from an injection CSV (caller;callee;
+    any further fields the scenario reads)."""
 
     scenario: str
     workdir: Path
     target: str
-    rows: list[tuple[str, str]]
+    rows: list[tuple[str, ...]]
     calls: int
     rate: float
     pause_ms: int = 0
@@ -213,7 +214,7 @@ class SippUac:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         csv = self.workdir / "calls.csv"
-        csv.write_text("SEQUENTIAL\n" + "".join(f"{a};{b}\n" for a, b in self.rows))
+        csv.write_text("SEQUENTIAL\n" + "".join(";".join(row) + "\n" for row in self.rows))
         cmd = _sipp_base(self.scenario, 0) + [
             "-inf", str(csv), "-m", str(self.calls), "-r", str(self.rate), "-rp", "1000",
             "-timeout", f"{self.max_seconds}s", "-timeout_error", "-recv_timeout", "10s",

@@ -298,3 +298,131 @@ def test_kamailio_traces_every_call_outcome_as_hepv3(tmp_path: Path) -> None:
     assert {"INVITE", "SIP/2.0 603"} <= hep.first_lines("8613900000103")
     assert all(p.capture_id == 42 for p in hep.packets)
     assert all(started - 1 <= p.ts <= time.time() + 1 for p in hep.packets)
+
+
+def test_adapter_applies_range_and_trunk_decisions(broker_settings: Settings,
+                                                   tmp_path: Path) -> None:
+    """Range and trunk entries through the real adapter: a trunk rate limit answered 486 past
+    its allowance, one entry per trunk key (a narrowed block escalated to the whole trunk
+    overwrites it, an older one never does), an unblock deletes it, and a restarted Kamailio
+    gets its range and trunk entries back from the adapter's rebuild."""
+    from streams.scope import decision_key, trunk_id
+
+    settings = broker_settings
+    switch = f"sc-{uuid.uuid4().hex[:6]}"
+    tg, rl_tg = f"tg-{uuid.uuid4().hex[:6]}", f"rl-{uuid.uuid4().hex[:6]}"
+    prefix = "8617" + "".join(str(_rng.randrange(10)) for _ in range(5))
+    allowed = 2
+
+    def scoped(scope: str, target: str, action: str, decided_at: float,
+               match: dict | None = None) -> Decision:
+        return Decision(number=decision_key(scope, target), action=action, ttl_s=3600,
+                        score=0.9, reasons=["integration test"], policy="default",
+                        policy_version=1, decided_at=decided_at, trigger_ts=decided_at - 1,
+                        scope=scope, target=target,
+                        switch=switch if scope == "trunk" else None, match=match)
+
+    hep_port = free_ports(1)[0]
+    uas = SippUas("uas_answer.xml", tmp_path / "uas")
+    kam = KamailioProcess(run_dir=tmp_path / "kam", hep_port=hep_port,
+                          dest_uri=f"sip:127.0.0.1:{uas.port}", redress=settings.redress_contact,
+                          rate_window_s=RATE_WINDOW_S, tgrp_peers="127.0.0.1")
+    kam2: KamailioProcess | None = None
+    adapter = AdapterProcess(settings, tmp_path / "adapter", kam.rpc_url, switch,
+                             extra_env={"DIALGUARD_ADAPTER_TRUNK_RATE_LIMIT_CALLS": str(allowed)})
+    reader = TopicReader(settings, ACKS.name)
+    t0 = time.time()
+    narrowed = scoped("trunk", trunk_id(switch, tg), "block", t0, {"neighbour_tail": 4})
+    key = narrowed.number
+    try:
+        uas.start()
+        kam.start()
+        adapter.start()
+        produce_decisions(settings, [narrowed, scoped("prefix", prefix, "block", t0),
+                                     scoped("trunk", trunk_id(switch, rl_tg), "rate_limit", t0)])
+        wait_ack(reader, key, "applied")
+        wait_ack(reader, decision_key("prefix", prefix), "applied")
+        wait_ack(reader, decision_key("trunk", trunk_id(switch, rl_tg)), "applied")
+        assert entry(kam, "trunk", tg)["value"] == "block:0:*:4"
+        assert entry(kam, "prefix", prefix)["value"] == "block:0:*:0"
+        assert entry(kam, "trunk", rl_tg)["value"] == f"rate_limit:{allowed}:*:0"
+
+        # The rate-limited trunk: its INVITEs per window, then 486, whoever the caller is.
+        while time.time() % RATE_WINDOW_S > RATE_WINDOW_S - 15:
+            time.sleep(1)
+        rows = [(new_number(), f"8613912345{i:03d}", rl_tg, "X-Unsigned: 1")
+                for i in range(allowed + 3)]
+        burst = SippUac("trunk_uac.xml", tmp_path / "sipp-rl", kam.sip_address, rows=rows,
+                        calls=len(rows), rate=10, max_seconds=30)
+        burst.start()
+        stats = burst.wait()
+        assert len([m for m in stats.received(200) if "INVITE" in m[3]]) == allowed, \
+            stats.messages
+        assert len(stats.received(486)) == 3, stats.messages
+        assert 'Reason: SIP;cause=486;text="rate limited as nuisance calls (scope trunk); ' \
+            in stats.full_messages
+
+        # Escalated to the whole trunk: the one entry is overwritten; an older one is skipped.
+        produce_decisions(settings, [scoped("trunk", trunk_id(switch, tg), "block", t0 + 10)])
+        assert reader.poll_until(lambda m: sum(1 for a in acks_of(m) if a.number == key
+                                               and a.status == "applied") >= 2, ACK_TIMEOUT_S)
+        assert entry(kam, "trunk", tg)["value"] == "block:0:*:0"
+        produce_decisions(settings, [scoped("trunk", trunk_id(switch, tg), "unblock", t0 + 5)])
+        assert "not newer" in wait_ack(reader, key, "skipped").detail
+        assert entry(kam, "trunk", tg)["value"] == "block:0:*:0"
+
+        # Kamailio restarted empty: the adapter's rebuild restores range and trunk entries.
+        kam.stop()
+        adapter.stop()
+        kam2 = KamailioProcess(run_dir=tmp_path / "kam2", hep_port=hep_port,
+                               dest_uri=f"sip:127.0.0.1:{uas.port}",
+                               redress=settings.redress_contact, sip_port=kam.sip_port,
+                               http_port=kam.http_port)
+        kam2.start()
+        adapter.start()
+        assert entry(kam2, "trunk", tg)["value"] == "block:0:*:0"
+        assert entry(kam2, "prefix", prefix) is not None
+
+        # A newer unblock deletes the entry.
+        produce_decisions(settings, [scoped("trunk", trunk_id(switch, tg), "unblock",
+                                            time.time())])
+        assert reader.poll_until(lambda m: any(a.number == key and a.action == "unblock"
+                                               and a.status == "applied"
+                                               for a in acks_of(m)), ACK_TIMEOUT_S)
+        assert entry(kam2, "trunk", tg) is None
+    finally:
+        reader.close()
+        adapter.stop()
+        kam.stop()
+        if kam2 is not None:
+            kam2.stop()
+        uas.stop()
+
+
+def test_untrusted_callers_cannot_name_their_trunk(tmp_path: Path) -> None:
+    """A tgrp from a source outside TGRP_PEERS is ignored: the trunk is the source address,
+    so a robot sending straight to the switch cannot dodge a trunk block by naming a fresh
+    trunk group per call (nor put its calls on someone else's). Emergency calls pass anyway."""
+    uas = SippUas("uas_answer.xml", tmp_path / "uas")
+    kam = KamailioProcess(run_dir=tmp_path / "kam", hep_port=free_ports(1)[0],
+                          dest_uri=f"sip:127.0.0.1:{uas.port}", redress="appeal at 12321",
+                          tgrp_peers="192.0.2.0/24")
+    try:
+        uas.start()
+        kam.start()
+        rpc_call(kam.rpc_url, "htable.setxs", "trunk", "tg-claimed", "block:0:*:0", 60)
+        rpc_call(kam.rpc_url, "htable.setxs", "trunk", "127.0.0.1", "block:0:*:0", 60)
+        rows = [(new_number(), "8613912340001", "tg-fresh", "X-Unsigned: 1"),
+                (new_number(), "8613912340002", "tg-claimed", "X-Unsigned: 1"),
+                (new_number(), "110", "tg-fresh", "X-Unsigned: 1")]
+        run = SippUac("trunk_uac.xml", tmp_path / "sipp", kam.sip_address, rows=rows,
+                      calls=len(rows), rate=5, max_seconds=20)
+        run.start()
+        stats = run.wait()
+        codes = {int(m[2].split("-", 1)[0]): m[4].split()[1] for m in stats.messages
+                 if m[1] == "R" and "INVITE" in m[3] and m[4].split()[1] >= "200"}
+        assert codes == {1: "603", 2: "603", 3: "200"}, stats.messages
+        assert "blocked by trunk 127.0.0.1" in kam.tail(200)
+    finally:
+        kam.stop()
+        uas.stop()

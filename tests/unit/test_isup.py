@@ -398,3 +398,14 @@ def test_cli_help_explains_the_record_format(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ingest", "isup-pcap", "--help"])
     assert "M3UA" in capsys.readouterr().out
+
+
+def test_trunk_and_switch_are_never_null_so_trunk_decisions_can_name_them():
+    """No probe trunk / --switch: trunk = OPC-DPC (the circuits the call came in on), switch =
+    the receiving exchange's point code; a probe's own names win."""
+    events, _ = run(tracker(), [iam(7, T0)])
+    assert (events[0].trunk, events[0].switch) == (f"{A}-{B}", f"pc-{B}")
+    named = IsupMessage(ts=T0, msg=IAM, opc=A, dpc=B, cic=8, calling="13800138000",
+                        called="2112345678", trunk="cg-17", switch="tdm-3")
+    events, _ = run(tracker(), [named])
+    assert (events[0].trunk, events[0].switch) == ("cg-17", "tdm-3")

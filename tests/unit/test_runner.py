@@ -67,6 +67,8 @@ def test_with_a_switch_the_adapter_drives_it(settings: Settings, monkeypatch, ca
                            token="tok", token_path=settings.run_dir / "admin.token",
                            broker_log="broker.log")
     assert ("switch-adapter", ["switch-adapter"]) in spawned
+    # Events from the embedded switch name the switch its adapter drives (trunk decisions).
+    assert ("hep-collector", ["ingest", "hep", "--switch", settings.switch_name]) in spawned
     assert list(procs) == ["worker", "api", "hep-collector", "kamailio", "switch-adapter",
                            "simulator"]
     assert list(procs) == list(runner.CHILDREN)

@@ -17,6 +17,7 @@ from streams.schema import Ack, Decision
 
 NOW = 1_800_000_000.0
 TABLES = Tables(blocked="blocked", ratelimit="ratelimit", rate_limit_calls=6)
+SWITCH = "sw-1"
 NUMBER = "8613800138000"
 
 
@@ -34,7 +35,8 @@ def test_remaining_ttl_counts_from_decided_at() -> None:
 
 
 def test_block_sets_blocked_with_remaining_ttl_and_drops_rate_limit() -> None:
-    plan = plan_decision(decision("block", ttl_s=3600, decided_at=NOW - 100.5), None, NOW, TABLES)
+    plan = plan_decision(decision("block", ttl_s=3600, decided_at=NOW - 100.5), None, NOW,
+                         TABLES, SWITCH)
     assert plan.applies
     assert plan.ops == (RpcOp("htable.setxs", ("blocked", NUMBER, BLOCKED_VALUE, 3500)),
                         RpcOp("htable.delete", ("ratelimit", NUMBER)))
@@ -42,27 +44,31 @@ def test_block_sets_blocked_with_remaining_ttl_and_drops_rate_limit() -> None:
 
 
 def test_rate_limit_sets_ratelimit_entry_and_drops_block() -> None:
-    plan = plan_decision(decision("rate_limit", ttl_s=1800, decided_at=NOW), None, NOW, TABLES)
+    plan = plan_decision(decision("rate_limit", ttl_s=1800, decided_at=NOW), None, NOW,
+                         TABLES, SWITCH)
     assert plan.ops == (RpcOp("htable.setxi", ("ratelimit", NUMBER, 6, 1800)),
                         RpcOp("htable.delete", ("blocked", NUMBER)))
 
 
 def test_unblock_removes_both_entries() -> None:
-    plan = plan_decision(decision("unblock", ttl_s=0), None, NOW, TABLES)
+    plan = plan_decision(decision("unblock", ttl_s=0), None, NOW,
+                         TABLES, SWITCH)
     assert set(plan.ops) == {RpcOp("htable.delete", ("blocked", NUMBER)),
                              RpcOp("htable.delete", ("ratelimit", NUMBER))}
     assert plan.expires_at == 0
 
 
 def test_expired_block_is_not_set_but_clears_entries() -> None:
-    plan = plan_decision(decision("block", ttl_s=60, decided_at=NOW - 600), None, NOW, TABLES)
+    plan = plan_decision(decision("block", ttl_s=60, decided_at=NOW - 600), None, NOW,
+                         TABLES, SWITCH)
     assert plan.applies
     assert all(op.method == "htable.delete" for op in plan.ops)
     assert "expired" in plan.detail
 
 
 def test_a_second_left_is_still_a_one_second_entry() -> None:
-    plan = plan_decision(decision("block", ttl_s=60, decided_at=NOW - 59.9), None, NOW, TABLES)
+    plan = plan_decision(decision("block", ttl_s=60, decided_at=NOW - 59.9), None, NOW,
+                         TABLES, SWITCH)
     assert plan.ops[0].params[-1] == 1
 
 
@@ -72,19 +78,20 @@ def test_a_second_left_is_still_a_one_second_entry() -> None:
     ({"action": "quarantine"}, SKIP_UNKNOWN),
 ])
 def test_never_applied(kwargs: dict, why: str) -> None:
-    plan = plan_decision(decision(**kwargs), None, NOW, TABLES)
+    plan = plan_decision(decision(**kwargs), None, NOW,
+                         TABLES, SWITCH)
     assert not plan.applies and plan.skip == why and plan.ops == ()
 
 
 def test_never_older_over_newer() -> None:
     newer = decision("unblock", decided_at=NOW - 10)
     older = decision("block", decided_at=NOW - 20)
-    assert plan_decision(older, version_of(newer), NOW, TABLES).skip == SKIP_OLDER
+    assert plan_decision(older, version_of(newer), NOW, TABLES, SWITCH).skip == SKIP_OLDER
     # The same decision again (a replay) is not newer either.
-    assert plan_decision(newer, version_of(newer), NOW, TABLES).skip == SKIP_OLDER
+    assert plan_decision(newer, version_of(newer), NOW, TABLES, SWITCH).skip == SKIP_OLDER
     # Same decided_at, later event time: newer.
     tie = decision("block", decided_at=NOW - 10, trigger_ts=newer.trigger_ts + 1)
-    assert plan_decision(tie, version_of(newer), NOW, TABLES).applies
+    assert plan_decision(tie, version_of(newer), NOW, TABLES, SWITCH).applies
 
 
 def test_fold_keeps_newest_enforcing_decision_by_version_not_by_offset() -> None:
@@ -154,3 +161,23 @@ def test_make_run_kamailio_follows_the_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
         KamailioProcess.for_settings(Settings.from_env(
             environ={}, kamailio_rpc_url="http://10.0.0.5/RPC"))
+
+
+def test_cfg_never_screens_the_policys_emergency_numbers() -> None:
+    """The cfg's default EMERGENCY and the define kamailio_process passes are the emergency
+    numbers of the policy's built-in allowlist: worker and switch protect the same callees."""
+    import re
+
+    from services.kamailio_process import CONFIG, emergency_regex
+    from streams.policy import BUILTIN_ALLOW
+
+    default = re.search(r'#!define EMERGENCY "([^"]+)"', CONFIG.read_text()).group(1)
+    assert default == emergency_regex()
+    pattern = re.compile(emergency_regex())
+    for number, why in BUILTIN_ALLOW.items():
+        assert bool(pattern.match(number)) == why.startswith("emergency"), number
+    assert not pattern.match("1120") and not pattern.match("8611012345678")
+    kam = KamailioProcess(run_dir=Path("/tmp"), hep_port=9060, dest_uri="sip:x",
+                          redress="r", prefix_min_digits=6)
+    assert kam.defines()["EMERGENCY"] == kamailio_string(emergency_regex())
+    assert kam.defines()["PREFIX_MIN_DIGITS"] == "6"
