@@ -136,6 +136,25 @@ class Checkpointed:
         return cls(**kwargs), False  # type: ignore[arg-type]
 
 
+def new_models(seed: int) -> tuple[anomaly.HalfSpaceTrees, Any]:
+    """The two River models every scorer layers over its prior: HalfSpaceTrees (unsupervised)
+    and a scaled LogisticRegression (from labels)."""
+    return (anomaly.HalfSpaceTrees(n_trees=HST_TREES, height=HST_HEIGHT,
+                                   window_size=HST_WINDOW, seed=seed),
+            preprocessing.StandardScaler() | linear_model.LogisticRegression(
+                optimizer=optim.SGD(0.05)))
+
+
+def label_weight(labels_seen: dict[int, int], min_labels: int, half_labels: float,
+                 max_weight: float) -> float:
+    """Weight of the classifier in a score: 0 until it has seen ``min_labels`` of each class,
+    then n / (n + half_labels), at most ``max_weight``."""
+    if min(labels_seen.values()) < min_labels:
+        return 0.0
+    n = sum(labels_seen.values())
+    return min(n / (n + half_labels), max_weight)
+
+
 class NuisanceScorer(Checkpointed):
     """Scores feature vectors and learns online; picklable as a whole for checkpoints."""
 
@@ -143,10 +162,7 @@ class NuisanceScorer(Checkpointed):
                  seed: int = 42) -> None:
         self.anomaly_weight = anomaly_weight
         self.classifier_min_labels = classifier_min_labels
-        self.detector = anomaly.HalfSpaceTrees(n_trees=HST_TREES, height=HST_HEIGHT,
-                                               window_size=HST_WINDOW, seed=seed)
-        self.classifier = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(0.05))
+        self.detector, self.classifier = new_models(seed)
         self.labels_seen = {0: 0, 1: 0}
         self.scored = 0
         # Prequential quality on labels: each label scores the model before it learns from it.
@@ -157,10 +173,8 @@ class NuisanceScorer(Checkpointed):
 
     @property
     def classifier_weight(self) -> float:
-        if min(self.labels_seen.values()) < self.classifier_min_labels:
-            return 0.0
-        n = sum(self.labels_seen.values())
-        return min(n / (n + CLASSIFIER_HALF_LABELS), CLASSIFIER_MAX_WEIGHT)
+        return label_weight(self.labels_seen, self.classifier_min_labels,
+                            CLASSIFIER_HALF_LABELS, CLASSIFIER_MAX_WEIGHT)
 
     def score(self, feats: dict[str, float], learn: bool = True) -> ScoreParts:
         x = model_input(feats)

@@ -45,9 +45,8 @@ from __future__ import annotations
 
 import math
 
-from river import anomaly, linear_model, optim, preprocessing
-
-from online_models.scorer import Checkpointed, ScoreParts, squash_count
+from online_models.scorer import (HST_WINDOW, Checkpointed, ScoreParts, label_weight,
+                                  new_models, squash_count)
 
 # Prior: a logistic function of smoothed ratios over the source's last hour.
 PRIOR_BIAS = -5.5
@@ -65,9 +64,6 @@ DURATION_HALF_S = 60.0
 
 CLASSIFIER_HALF_LABELS = 50.0
 CLASSIFIER_MAX_WEIGHT = 0.6
-HST_TREES = 25
-HST_HEIGHT = 8
-HST_WINDOW = 250
 
 
 def prior_score(feats: dict[str, float]) -> float:
@@ -117,19 +113,14 @@ class SourceScorer(Checkpointed):
                  seed: int = 43) -> None:
         self.anomaly_weight = anomaly_weight
         self.classifier_min_labels = classifier_min_labels
-        self.detector = anomaly.HalfSpaceTrees(n_trees=HST_TREES, height=HST_HEIGHT,
-                                               window_size=HST_WINDOW, seed=seed)
-        self.classifier = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(0.05))
+        self.detector, self.classifier = new_models(seed)
         self.labels_seen = {0: 0, 1: 0}
         self.learned = 0
 
     @property
     def classifier_weight(self) -> float:
-        if min(self.labels_seen.values()) < self.classifier_min_labels:
-            return 0.0
-        n = sum(self.labels_seen.values())
-        return min(n / (n + CLASSIFIER_HALF_LABELS), CLASSIFIER_MAX_WEIGHT)
+        return label_weight(self.labels_seen, self.classifier_min_labels,
+                            CLASSIFIER_HALF_LABELS, CLASSIFIER_MAX_WEIGHT)
 
     def score_one(self, feats: dict[str, float]) -> ScoreParts:
         x = model_input(feats)
