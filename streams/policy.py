@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import orjson
 
 from streams.schema import AllowEntry, Decision
-from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, SEGMENT_NEIGHBOUR,
+from streams.scope import (SCOPE_PREFIX, SCOPE_TRUNK, SEGMENT_NEIGHBOUR,
                            SOURCE_SCOPES, CallMatch, decision_key)
 
 #: Actions in increasing severity; "unblock" is issued by people, not by thresholds.
