@@ -96,13 +96,21 @@ def model_input(feats: dict[str, float]) -> dict[str, float]:
     }
 
 
+def answer_and_short(feats: dict[str, float]) -> tuple[float, float]:
+    """Smoothed answer ratio (per attempt) and short-call ratio (per release) over the hour:
+    the two things people do to robots, read the same way for numbers and sources."""
+    attempts = feats.get("attempts_1h", 0.0)
+    answered = min(feats.get("answered_1h", 0.0), attempts)
+    answer = (answered + ANSWER_PSEUDO[0]) / (attempts + ANSWER_PSEUDO[1])
+    short = (feats.get("short_1h", 0.0) + SHORT_PSEUDO[0]) / \
+        (feats.get("released_1h", 0.0) + SHORT_PSEUDO[1])
+    return answer, short
+
+
 def prior_score(feats: dict[str, float]) -> float:
     """Robot-likeness from first principles (see module docstring); pure and deterministic."""
     attempts = feats.get("attempts_1h", 0.0)
-    releases = feats.get("released_1h", 0.0)
-    answered = min(feats.get("answered_1h", 0.0), attempts)
-    answer = (answered + ANSWER_PSEUDO[0]) / (attempts + ANSWER_PSEUDO[1])
-    short = (feats.get("short_1h", 0.0) + SHORT_PSEUDO[0]) / (releases + SHORT_PSEUDO[1])
+    answer, short = answer_and_short(feats)
     den = attempts + RATIO_PSEUDO_ATTEMPTS
     unallocated = feats.get("unallocated_ratio_1h", 0.0) * attempts / den
     sequential = feats.get("sequential_ratio_1h", 0.0) * attempts / den

@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import math
 
-from online_models.scorer import (HST_WINDOW, Checkpointed, ScoreParts, label_weight,
-                                  new_models, squash_count)
+from online_models.scorer import (HST_WINDOW, Checkpointed, ScoreParts, answer_and_short,
+                                  label_weight, new_models, squash_count)
 
 # Prior: a logistic function of smoothed ratios over the source's last hour.
 PRIOR_BIAS = -5.5
@@ -56,8 +56,6 @@ PRIOR_W_UNALLOCATED = 3.0
 PRIOR_W_REJECTED = 1.0
 #: Real conversations pull hard the other way: people talk to people, not to robots.
 PRIOR_W_CONVERSATION = 15.0
-ANSWER_PSEUDO = (1.0, 2.0)   # (answered, attempts) added before dividing
-SHORT_PSEUDO = (0.5, 2.0)    # (short, releases)
 VOLUME_SCALE = 20_000.0
 CALLER_SCALE = 2_000.0
 DURATION_HALF_S = 60.0
@@ -69,10 +67,7 @@ CLASSIFIER_MAX_WEIGHT = 0.6
 def prior_score(feats: dict[str, float]) -> float:
     """Robot-likeness of a source from first principles; pure and deterministic."""
     attempts = feats.get("attempts_1h", 0.0)
-    releases = feats.get("released_1h", 0.0)
-    answered = min(feats.get("answered_1h", 0.0), attempts)
-    answer = (answered + ANSWER_PSEUDO[0]) / (attempts + ANSWER_PSEUDO[1])
-    short = (feats.get("short_1h", 0.0) + SHORT_PSEUDO[0]) / (releases + SHORT_PSEUDO[1])
+    answer, short = answer_and_short(feats)
     conversation = feats.get("conversations_1h", 0.0) / (attempts + 1.0)
     z = (PRIOR_BIAS + PRIOR_W_UNANSWERED * (1.0 - answer) + PRIOR_W_SHORT * short
          + PRIOR_W_UNALLOCATED * feats.get("unallocated_ratio_1h", 0.0)
