@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import orjson
+
 from online_models.scorer import NuisanceScorer
 from services.settings import Settings
 from streams import metrics
@@ -28,12 +30,15 @@ from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCoun
                               features)
 from streams.numbers import prefix_of
 from streams.policy import ENFORCING, BlockLimiter, CurrentAction, Policy, decide
+from streams.position import NO_PARTITION, Folded
 from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
-                            SignalingEvent, SourceEvent)
+                            SignalingEvent, SourceEvent, record_values)
 from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, decision_key, range_of,
                            trunk_id)
 
 log = logging.getLogger(__name__)
+#: Origin of an event that did not come from Kafka: the source stage never skips it.
+NOWHERE = Folded(NO_PARTITION, -1, 0)
 #: Feature vectors kept for labels that arrive after the fact.
 LABEL_FEATURE_CACHE = 100_000
 #: Numbers kept decoded in memory between micro-batches.
@@ -53,11 +58,16 @@ KILL_SWITCH_REASON = ("kill switch on (dry_run_all by {sw.author}: {sw.reason}):
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a raw record came from, for the dead-letter headers."""
+    """Where a raw record came from: the dead-letter headers and the replay positions."""
 
     topic: str
     partition: int
     offset: int
+    #: The event's place inside a batch record (0 for a record holding one event).
+    index: int = 0
+
+    def at(self, index: int) -> "Origin":
+        return Origin(self.topic, self.partition, self.offset, index)
 
 
 class Sink(Protocol):
@@ -190,38 +200,59 @@ class Detector:
         self.actions: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         #: partition -> last offset folded (consumer lag = highwater - this - 1)
         self.positions: dict[int, int] = {}
+        self.tally = metrics.Tally()
         self._drift_reported = scorer.drift_alarms
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest(self, raw: bytes | None, origin: Origin, ctx: Any = None,
-               now: float | None = None) -> SignalingEvent | None:
-        """Validate and fold one record. Bad records go to the DLQ; this never raises for them."""
+               now: float | None = None) -> int:
+        """Validate and fold one record: one event, or a batch of events (a JSON array, as
+        dialguard's own producers write). Bad events go to the DLQ one by one, the rest of
+        their batch counts; this never raises for them. Returns how many events were read
+        (folded, or skipped as already folded before a restart)."""
+        self.positions[origin.partition] = origin.offset
         try:
             if raw is None:
                 raise InvalidEvent("missing_field", "record has no value")
-            ev = self.validator.decode(raw, now)
+            values = record_values(raw)
         except InvalidEvent as exc:
-            metrics.DEAD_LETTERS.labels(exc.reason).inc()
-            self.sink.dead_letter(raw or b"", exc.reason, exc.detail, origin)
-            return None
-        finally:
-            self.positions[origin.partition] = origin.offset
-        self.fold(ev, ctx)
-        return ev
+            self._dead_letter(raw or b"", exc, origin)
+            return 0
+        batch = len(values) > 1 or (raw[:1] == b"[")
+        read = 0
+        for index, value in enumerate(values):
+            try:
+                ev = self.validator.check(value, now)
+            except InvalidEvent as exc:
+                self._dead_letter(orjson.dumps(value) if batch else raw, exc, origin.at(index))
+                continue
+            self.fold(ev, ctx, Folded(origin.partition, origin.offset, index))
+            read += 1
+        return read
 
-    def fold(self, ev: SignalingEvent, ctx: Any = None) -> None:
+    def _dead_letter(self, raw: bytes, exc: InvalidEvent, origin: Origin) -> None:
+        metrics.DEAD_LETTERS.labels(exc.reason).inc()
+        self.sink.dead_letter(raw, exc.reason, exc.detail, origin)
+
+    def fold(self, ev: SignalingEvent, ctx: Any = None, where: Folded | None = None) -> None:
+        """Fold one valid event; ``where`` it was read from, when it came from Kafka."""
         state = self._state(ev.caller)
+        if where is not None:
+            if state.folded is not None and state.folded.covers(*where):
+                self.tally.add(metrics.REPLAYS_SKIPPED, "number")
+                return
+            state.folded = where
         if not state.add(ev, self.cfg):
-            metrics.LATE_DROPPED.inc()
+            self.tally.add(metrics.LATE_DROPPED)
             return
-        metrics.EVENTS_IN.labels(ev.proto, ev.kind).inc()
+        self.tally.add(metrics.EVENTS_IN, ev.proto, ev.kind)
         prefix = prefix_of(ev.caller, self.settings.pool_prefix_len)
         self.prefix_pools.setdefault(prefix, PoolCounters()).add(ev, self.cfg.short_call_s)
         if ev.trunk:
             self.trunks[ev.caller] = ev.trunk
             self.trunk_pools.setdefault(ev.trunk, PoolCounters()).add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
-        self._forward(ev, state)
+        self._forward(ev, state, where)
         self.pending += 1
         self.newest_minute = max(self.newest_minute, state.hwm_minute)
         self.newest_ts = max(self.newest_ts, state.hwm_ts)
@@ -233,22 +264,23 @@ class Detector:
             if decision is not None:
                 self.decisions.append(decision)
 
-    def _forward(self, ev: SignalingEvent, state: CallerState) -> None:
+    def _forward(self, ev: SignalingEvent, state: CallerState, where: Folded | None) -> None:
         """Re-key the event by where it came from, for the source stage (streams.source_*):
         its trunk, and each configured range of its caller number. Source keys are the keys
         of the decisions they may lead to (``trunk:<switch>/<trunk>``, ``prefix:<digits>``)."""
         new = state.is_new(ev.ts, self.cfg)
         trunks = max(len(state.trunks), 1)
         trunk = trunk_id(ev.switch, ev.trunk)
+        origin = NOWHERE if where is None else where
         self.sink.source_event(SourceEvent.of(decision_key(SCOPE_TRUNK, trunk), ev, new,
-                                              trunks))
-        metrics.SOURCE_EVENTS_OUT.labels("trunk").inc()
+                                              trunks, origin))
+        self.tally.add(metrics.SOURCE_EVENTS_OUT, "trunk")
         for strip in self.range_strip:
             rng = range_of(ev.caller, strip)
             if rng:
                 self.sink.source_event(SourceEvent.of(decision_key(SCOPE_PREFIX, rng), ev, new,
-                                                      trunks))
-                metrics.SOURCE_EVENTS_OUT.labels("range").inc()
+                                                      trunks, origin))
+                self.tally.add(metrics.SOURCE_EVENTS_OUT, "range")
 
     def _state(self, number: str) -> CallerState:
         state = self.cache.get(number)
@@ -283,6 +315,7 @@ class Detector:
         if self.flushes % GAUGE_EVERY == 0:
             self._update_gauges()
         self.pending = 0
+        self.tally.publish()
         metrics.TRACKED_NUMBERS.set(len(self.cache))
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         return decisions
@@ -295,11 +328,11 @@ class Detector:
         self.trunks = {n: t for n, t in self.trunks.items() if t in self.trunk_pools}
 
     def _should_score(self, number: str, state: CallerState, dno: tuple[str, ...]) -> bool:
-        if any(number.startswith(p) for p in dno):
+        if dno and number.startswith(dno):
             return state.action != "block" or state.action_until <= state.hwm_ts
-        if state.attempts(60) < self.settings.score_min_attempts:
+        if state.attempts_total - state.scored_attempts < self.settings.score_every_attempts:
             return False
-        return state.attempts_total - state.scored_attempts >= self.settings.score_every_attempts
+        return state.attempts(60) >= self.settings.score_min_attempts
 
     def feature_vector(self, number: str, state: CallerState) -> dict[str, float]:
         feats = features(state)

@@ -20,6 +20,7 @@ from typing import Iterable
 
 import orjson
 
+from streams.position import Folded
 from streams.scope import trunk_id
 from streams.schema import (ISUP_BUSY_OR_NO_ANSWER, ISUP_REJECTED, ISUP_UNALLOCATED,
                             SIP_BUSY_OR_NO_ANSWER, SIP_REJECTED, SIP_UNALLOCATED,
@@ -92,7 +93,7 @@ class CallerState:
 
     __slots__ = ("hwm_ts", "buckets", "callees", "last_attempt_ts", "last_callee",
                  "attempts_total", "scored_attempts", "action", "action_until", "action_score",
-                 "action_dry", "first_ts", "trunks", "last_trunk")
+                 "action_dry", "first_ts", "trunks", "last_trunk", "folded")
 
     def __init__(self) -> None:
         self.hwm_ts: float = 0.0
@@ -117,6 +118,9 @@ class CallerState:
         self.trunks: dict[str, list[int]] = {}
         #: The trunk of this number's newest attempt.
         self.last_trunk: str = ""
+        #: Where the newest event folded in came from (see :class:`streams.position.Folded`):
+        #: written with the counters, so a replay after a crash skips what they already hold.
+        self.folded: Folded | None = None
 
     # -- updates --------------------------------------------------------------------------
     def add(self, ev: SignalingEvent, cfg: FeatureConfig) -> bool:
@@ -125,8 +129,10 @@ class CallerState:
             return False
         minute = int(ev.ts // MINUTE_S)
         if ev.ts > self.hwm_ts:
+            moved = minute != int(self.hwm_ts // MINUTE_S)
             self.hwm_ts = ev.ts
-            self._evict(minute)
+            if moved:  # the horizon only moves with the minute
+                self._evict(minute)
         bucket = self.buckets.get(minute)
         if bucket is None:
             bucket = self.buckets[minute] = [0.0] * N_SLOTS
@@ -253,6 +259,7 @@ class CallerState:
             self.attempts_total, self.scored_attempts, self.action, self.action_until,
             self.action_score, self.action_dry, self.first_ts,
             [[t, *e] for t, e in self.trunks.items()], self.last_trunk,
+            None if self.folded is None else list(self.folded),
         ])
 
     @classmethod
@@ -280,6 +287,9 @@ class CallerState:
             st.last_trunk = row[13]
         else:
             st.first_ts = hwm
+        # Added for exact recovery (issue 11); older states read as "nothing known folded".
+        if len(row) >= 15 and row[14] is not None:
+            st.folded = Folded(*row[14])
         return st
 
 

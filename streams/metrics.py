@@ -64,6 +64,10 @@ SHADOW_DECISIONS = Counter("dialguard_shadow_decisions_total",
 SOURCE_EVENTS_OUT = Counter("dialguard_source_events_total",
                             "Accepted events re-keyed to signaling.sources, by source kind "
                             "(trunk, range)", ["kind"])
+REPLAYS_SKIPPED = Counter("dialguard_replayed_events_skipped_total",
+                          "Events read again after a restart or rebalance and skipped because "
+                          "the state already holds them (exact recovery), by stage",
+                          ["stage"])
 SOURCE_EVENTS_IN = Counter("dialguard_source_events_folded_total",
                            "Source events folded into per-trunk and per-range state", ["kind"])
 SOURCES_TRACKED = Gauge("dialguard_sources_tracked",
@@ -123,3 +127,27 @@ def init_shadow_series(policy: str) -> None:
     SHADOW_POLICY_VERSION.labels(policy)
     for action in THRESHOLD_ACTIONS:
         SHADOW_DECISIONS.labels(action, policy)
+
+
+class Tally:
+    """Per-event counts kept in a dict and added to Prometheus once per micro-batch.
+
+    Why: ``Counter.labels(...).inc()`` takes a lock and resolves the labels on every call
+    (about 4 µs); at tens of thousands of events a second that alone costs a tenth of a core.
+    The stages count hot per-event facts here and ``publish()`` on every flush, so a scrape
+    lags the fold by at most one micro-batch.
+    """
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+
+    def add(self, counter: Counter, *labels: str) -> None:
+        key = (counter, labels)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def publish(self) -> None:
+        for (counter, labels), n in self.counts.items():
+            (counter.labels(*labels) if labels else counter).inc(n)
+        self.counts.clear()

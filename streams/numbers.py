@@ -40,6 +40,9 @@ class NumberPlan:
         """Return the E.164 digits of ``raw`` (no ``+``) or raise :class:`InvalidNumber`."""
         if not isinstance(raw, str):
             raise InvalidNumber(f"number must be a string, got {type(raw).__name__}")
+        if raw.isdigit() and raw.isascii() and SHORT_CODE_MAX_DIGITS < len(raw) <= \
+                E164_MAX_DIGITS and raw[0] != "0" and not self._has_dial_prefix(raw):
+            return raw  # already E.164 digits: what most probes send, checked in one pass
         text = raw.strip()
         lower = text.lower()
         for scheme in _URI_SCHEMES:
@@ -63,6 +66,10 @@ class NumberPlan:
         if self.national_prefix and text.startswith(self.national_prefix):
             return _require_e164(self.country_code + text[len(self.national_prefix):], raw)
         return _require_e164(text, raw)
+
+    def _has_dial_prefix(self, digits: str) -> bool:
+        return bool(self.international_prefix and digits.startswith(self.international_prefix)
+                    or self.national_prefix and digits.startswith(self.national_prefix))
 
 
 def _require_digits(text: str, raw: str) -> None:

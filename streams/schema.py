@@ -56,6 +56,15 @@ DLQ_HEADER_SOURCE = "dlq.source"
 DLQ_HEADER_TOPIC = "dlq.topic"
 DLQ_HEADER_PARTITION = "dlq.partition"
 DLQ_HEADER_OFFSET = "dlq.offset"
+#: The event's place inside a batch record (absent for a record holding one event).
+DLQ_HEADER_INDEX = "dlq.index"
+
+#: Batch records: dialguard's own producers write up to this many events of one partition as
+#: one JSON array, so the worker pays Kafka's and Faust's per-record cost once per batch, not
+#: once per event. A record holding one JSON object (any other producer) stays valid.
+BATCH_MAX_EVENTS = 1000
+#: And at most this many bytes of JSON per batch (the broker's default limit is 1 MiB).
+BATCH_MAX_BYTES = 512 * 1024
 
 # SIP status codes and ISUP cause values that mean "no such number": the scanning signal.
 SIP_UNALLOCATED = frozenset({404, 484})
@@ -109,6 +118,35 @@ _OPTIONAL: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("code", int), ("duration_s", (int, float)), ("trunk", str), ("switch", str),
     ("attest", str),
 )
+#: The same rules as exact type sets: ``type(x) in s`` is one lookup, and it refuses bool
+#: (an int subclass) without a second test.
+_REQUIRED_TYPES = tuple((name, frozenset(k if isinstance(k, tuple) else (k,)))
+                        for name, k in _REQUIRED)
+_OPTIONAL_TYPES = tuple((name, frozenset(k if isinstance(k, tuple) else (k,)))
+                        for name, k in _OPTIONAL)
+
+
+def record_values(raw: bytes) -> list[Any]:
+    """The JSON values one record carries: its object, or each item of a batch record.
+
+    Raises :class:`InvalidEvent` when the record as a whole is unusable; an item that is not
+    an object is left for the caller to dead-letter alone (the rest of the batch counts).
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(REASON_NOT_JSON, f"not JSON ({exc.msg})") from None
+    if isinstance(obj, list):
+        if len(obj) > BATCH_MAX_EVENTS:
+            raise InvalidEvent(REASON_VALUE, f"batch of {len(obj)} events; at most "
+                                             f"{BATCH_MAX_EVENTS} per record")
+        return obj
+    return [obj]
+
+
+def encode_batch(events: list[Any]) -> bytes:
+    """One batch record of events (dataclasses of this module or plain dicts)."""
+    return orjson.dumps(events)
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -138,13 +176,22 @@ class EventValidator:
                    settings.max_duration_s)
 
     def decode(self, raw: bytes, now: float | None = None) -> SignalingEvent:
-        obj = json_object(raw)
-        for name, kind in _REQUIRED:
-            if name not in obj or obj[name] is None:
+        return self.check(json_object(raw), now)
+
+    def check(self, obj: Any, now: float | None = None) -> SignalingEvent:
+        """One decoded JSON value as an event (each event of a batch record comes here)."""
+        if not isinstance(obj, dict):
+            raise InvalidEvent(REASON_NOT_OBJECT,
+                               f"expected a JSON object, got {type(obj).__name__}")
+        for (name, types), (_, kind) in zip(_REQUIRED_TYPES, _REQUIRED):
+            value = obj.get(name)
+            if value is None:
                 raise InvalidEvent(REASON_MISSING, f"field {name!r} is missing")
-            _check_type(obj, name, kind)
-        for name, kind in _OPTIONAL:
-            if obj.get(name) is not None:
+            if type(value) not in types:
+                _check_type(obj, name, kind)
+        for (name, types), (_, kind) in zip(_OPTIONAL_TYPES, _OPTIONAL):
+            value = obj.get(name)
+            if value is not None and type(value) not in types:
                 _check_type(obj, name, kind)
         if obj["v"] != SCHEMA_VERSION:
             raise InvalidEvent(REASON_VERSION, f"schema version {obj['v']} is not {SCHEMA_VERSION}")
@@ -379,22 +426,48 @@ class SourceEvent:
     attest: str | None = None
     caller_new: bool = False
     caller_trunks: int = 1
+    #: Where the number stage read the event (``signaling.events`` partition, offset, place
+    #: in its batch): the source stage skips what it already folded (streams.position).
+    #: -1: unknown, never skipped.
+    origin_partition: int = -1
+    origin_offset: int = -1
+    origin_index: int = 0
 
     @classmethod
-    def of(cls, key: str, ev: SignalingEvent, caller_new: bool,
-           caller_trunks: int) -> "SourceEvent":
+    def of(cls, key: str, ev: SignalingEvent, caller_new: bool, caller_trunks: int,
+           origin: tuple[int, int, int] = (-1, -1, 0)) -> "SourceEvent":
         return cls(key, ev.ts, ev.kind, ev.proto, ev.call_id, ev.caller, ev.callee, ev.code,
-                   ev.duration_s, ev.trunk, ev.switch, ev.attest, caller_new, caller_trunks)
+                   ev.duration_s, ev.trunk, ev.switch, ev.attest, caller_new, caller_trunks,
+                   *origin)
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
 
+    def row(self) -> tuple[Any, ...]:
+        """The compact form inside a batch record of ``signaling.sources``: the fields in
+        declaration order, without their names (the topic is internal; both ends are this
+        module)."""
+        return (self.key, self.ts, self.kind, self.proto, self.call_id, self.caller,
+                self.callee, self.code, self.duration_s, self.trunk, self.switch, self.attest,
+                self.caller_new, self.caller_trunks, self.origin_partition, self.origin_offset,
+                self.origin_index)
+
     @classmethod
     def decode(cls, raw: bytes) -> "SourceEvent":
         """Raises :class:`InvalidEvent` for anything that is not a source event."""
-        obj = json_object(raw)
+        return cls.from_value(json_object(raw))
+
+    @classmethod
+    def from_value(cls, obj: Any) -> "SourceEvent":
+        """A source event from its object form or its row form (see :meth:`row`)."""
         try:
-            ev = cls(**obj)
+            if isinstance(obj, list):
+                ev = cls(*obj)
+            elif isinstance(obj, dict):
+                ev = cls(**obj)
+            else:
+                raise InvalidEvent(REASON_NOT_OBJECT,
+                                   f"not a source event: a {type(obj).__name__}")
         except TypeError as exc:
             raise InvalidEvent(REASON_MISSING, f"not a source event: {exc}") from None
         if not isinstance(ev.ts, (int, float)) or ev.kind not in KINDS or \

@@ -28,6 +28,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
+
 from online_models.source_scorer import SourceScorer
 from streams import metrics
 from streams.control import ControlState
@@ -35,7 +37,7 @@ from streams.detector import KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateS
 from streams.policy import (ENFORCING, SEVERITY, UNBLOCK, BlockLimiter, CurrentAction,
                             Policy, SourceTarget, decide_source, source_action)
 from streams.schema import (LABEL_TARGET, Decision, InvalidEvent, Label, ScoreRecord,
-                            SourceEvent)
+                            SourceEvent, record_values)
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, UNKNOWN, CallMatch, split_trunk_id
 from streams.source_features import (KIND_RANGE, KIND_TRUNK, RANGE_SEGMENTS, SEG_ALL,
                                      SEG_NEIGHBOUR, SEG_UNVERIFIED, SEGMENT_PREFIX,
@@ -102,34 +104,51 @@ class SourceDetector:
         self.actions: OrderedDict[str, tuple[str, str, float, str]] = OrderedDict()
         self.decisions: list[Decision] = []
         self.positions: dict[int, int] = {}
+        self.tally = metrics.Tally()
         self.pending = 0
         self.flushes = 0
         self.newest_ts = 0.0
 
     # -- ingest ---------------------------------------------------------------------------
-    def ingest(self, raw: bytes | None, origin: Origin, ctx: Any = None) -> SourceEvent | None:
-        """Decode and fold one record of ``signaling.sources``; bad ones go to the DLQ."""
+    def ingest(self, raw: bytes | None, origin: Origin, ctx: Any = None) -> int:
+        """Decode and fold one record of ``signaling.sources``: one source event, or a batch
+        of them in row form (what the number stage writes). Bad ones go to the DLQ one by
+        one. Returns how many were read."""
+        self.positions[origin.partition] = origin.offset
         try:
             if raw is None:
                 raise InvalidEvent("missing_field", "record has no value")
-            ev = SourceEvent.decode(raw)
+            values = record_values(raw)
         except InvalidEvent as exc:
-            metrics.DEAD_LETTERS.labels(exc.reason).inc()
-            self.sink.dead_letter(raw or b"", exc.reason, exc.detail, origin)
-            return None
-        finally:
-            self.positions[origin.partition] = origin.offset
-        self.fold(ev, ctx)
-        return ev
+            self._dead_letter(raw or b"", exc, origin)
+            return 0
+        batch = raw[:1] == b"["
+        read = 0
+        for index, value in enumerate(values):
+            try:
+                ev = SourceEvent.from_value(value)
+            except InvalidEvent as exc:
+                self._dead_letter(orjson.dumps(value) if batch else raw, exc, origin.at(index))
+                continue
+            self.fold(ev, ctx)
+            read += 1
+        return read
+
+    def _dead_letter(self, raw: bytes, exc: InvalidEvent, origin: Origin) -> None:
+        metrics.DEAD_LETTERS.labels(exc.reason).inc()
+        self.sink.dead_letter(raw, exc.reason, exc.detail, origin)
 
     def fold(self, ev: SourceEvent, ctx: Any = None) -> None:
         kind = source_kind(ev.key)
         state = self._state(ev.key, kind)
+        if state.origins.seen(ev.origin_partition, ev.origin_offset, ev.origin_index):
+            self.tally.add(metrics.REPLAYS_SKIPPED, "source")
+            return
         protected = self.control.allowlist.match(ev.caller, ev.ts) is not None
         if not state.add(ev, self.cfg, protected):
-            metrics.LATE_DROPPED.inc()
+            self.tally.add(metrics.LATE_DROPPED)
             return
-        metrics.SOURCE_EVENTS_IN.labels(kind).inc()
+        self.tally.add(metrics.SOURCE_EVENTS_IN, kind)
         self.dirty[ev.key] = ctx
         self.pending += 1
         self.newest_ts = max(self.newest_ts, ev.ts)
@@ -153,9 +172,11 @@ class SourceDetector:
         return state
 
     def _should_score(self, state: SourceState) -> bool:
-        if state.attempts() < self.settings.source_score_min_attempts:
+        # The cheap test first: summing the window's buckets on every event cost a tenth of
+        # the stage.
+        if state.attempts_total - state.scored_attempts < self.settings.source_score_every:
             return False
-        return state.attempts_total - state.scored_attempts >= self.settings.source_score_every
+        return state.attempts() >= self.settings.source_score_min_attempts
 
     # -- scoring --------------------------------------------------------------------------
     def _candidates(self, key: str, kind: str, feats: dict[str, float],
@@ -314,6 +335,7 @@ class SourceDetector:
         if self.flushes % GAUGE_EVERY == 0:
             self._update_gauges()
         self.pending = 0
+        self.tally.publish()
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         return decisions
 

@@ -38,6 +38,7 @@ import orjson
 
 from streams.features import (FAIL_BUSY_NO_ANSWER, FAIL_OTHER, FAIL_REJECTED,
                               FAIL_UNALLOCATED, fail_class)
+from streams.position import Origins
 from streams.schema import SourceEvent
 from streams.scope import (SEGMENT_ALL, SEGMENT_NEIGHBOUR, SEGMENT_UNVERIFIED, is_neighbour,
                            range_of)
@@ -52,7 +53,9 @@ DAY_HOURS = 24
 HOUR_S = 3600
 #: State format version, first element of the serialised list (a new field bumps it; readers
 #: of an older version fill defaults, see :meth:`SourceState.from_bytes`).
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: Version 1 had no origin positions: read as "nothing known folded".
+READABLE_VERSIONS = (1, 2)
 
 # Slots of one segment in a bucket.
 ATTEMPTS, ANSWERED, RELEASES, SHORT, CONV, DUR_SUM, F_UNALLOC, F_BUSY, F_REJECTED, F_OTHER, \
@@ -121,7 +124,7 @@ class SourceState:
     __slots__ = ("segments", "hwm_ts", "first_ts", "buckets", "hours", "callers", "callees",
                  "ranges",
                  "attempts_total", "scored_attempts", "action", "action_until",
-                 "action_score", "action_dry", "action_match", "open_calls")
+                 "action_score", "action_dry", "action_match", "open_calls", "origins")
 
     def __init__(self, segments: int) -> None:
         self.segments = segments
@@ -149,6 +152,8 @@ class SourceState:
         #: The CallMatch (as a dict) of the action in force, None = the whole source.
         self.action_match: dict[str, Any] | None = None
         self.open_calls: dict[int, int] = {}
+        #: Newest event folded in, per origin partition: replays after a crash are skipped.
+        self.origins = Origins()
 
     # -- updates --------------------------------------------------------------------------
     def add(self, ev: SourceEvent, cfg: SourceConfig, protected: bool = False) -> bool:
@@ -159,8 +164,10 @@ class SourceState:
         if ev.ts > self.hwm_ts:
             if ev.ts - self.hwm_ts > RING_BUCKETS * BUCKET_S:
                 self.first_ts = ev.ts  # idle for a whole window: a new stretch
+            moved = bucket_no != int(self.hwm_ts // BUCKET_S)
             self.hwm_ts = ev.ts
-            self._evict(bucket_no)
+            if moved:  # the horizon only moves with the bucket
+                self._evict(bucket_no)
         if not self.first_ts or ev.ts < self.first_ts:
             self.first_ts = ev.ts
         bucket = self.buckets.get(bucket_no)
@@ -300,15 +307,16 @@ class SourceState:
             [[k, *e] for k, e in self.callers.items()], list(self.callees.items()),
             list(self.ranges.items()), self.attempts_total, self.scored_attempts, self.action,
             self.action_until, self.action_score, self.action_dry, self.action_match,
+            self.origins.to_list(),
         ])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "SourceState":
         row = orjson.loads(raw)
-        if not isinstance(row, list) or not row or row[0] != STATE_VERSION:
+        if not isinstance(row, list) or not row or row[0] not in READABLE_VERSIONS:
             raise ValueError(f"source state of an unknown version: {raw[:40]!r}")
         (_, segments, hwm, first, buckets, hours, callers, callees, ranges, total, scored,
-         action, until, score, dry, match) = row
+         action, until, score, dry, match) = row[:16]
         st = cls(segments)
         st.hwm_ts, st.first_ts = hwm, first
         st.buckets = {int(r[0]): list(r[1:]) for r in buckets}
@@ -320,6 +328,8 @@ class SourceState:
         st.attempts_total, st.scored_attempts = total, scored
         st.action, st.action_until, st.action_score, st.action_dry = action, until, score, dry
         st.action_match = match
+        if row[0] >= 2:
+            st.origins = Origins.from_list(row[16])
         return st
 
 

@@ -280,7 +280,7 @@ def test_dashboard_uids_are_unique_and_provisioning_points_at_the_mounted_folder
 #: Label names the worker's metrics may carry: each a small, bounded set of values. A number,
 #: a range or a trunk id as a label would create a series per caller (and leak it).
 BOUNDED_LABELS = {"action", "policy", "dry_run", "scope", "proto", "kind", "reason", "target",
-                  "topic", "outcome", "partition"}
+                  "topic", "outcome", "partition", "stage"}
 
 
 def test_worker_metrics_never_label_by_number_range_or_trunk():

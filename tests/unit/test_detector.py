@@ -1,5 +1,7 @@
 """The worker's behaviour without Kafka: events in, decisions out."""
 
+import itertools
+
 import orjson
 
 from online_models.scorer import NuisanceScorer
@@ -13,6 +15,8 @@ from tests.unit.helpers import T0, call, ordered
 ROBOT = "8617012345678"
 BANK = "8695500000001"
 ORIGIN = Origin("signaling.events", 0, 0)
+#: Record offsets: a worker never reads two records at one offset (replays are skipped).
+OFFSETS = itertools.count(1)
 
 
 def make(policy=None, store=None, scorer=None):
@@ -47,8 +51,10 @@ def call_center(number=BANK, n=150, start=T0, seed=2):
 
 
 def feed(det, events, now=T0 + 10_000):
+    """Each event as its own record at the next offset, as a worker reads them."""
     for ev in events:
-        det.ingest(ev.encode(), ORIGIN, now=now)
+        det.ingest(ev.encode(), Origin(ORIGIN.topic, ORIGIN.partition, next(OFFSETS)),
+                   now=now)
     return det.flush()
 
 

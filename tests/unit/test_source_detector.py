@@ -226,9 +226,9 @@ def test_source_events_from_the_sources_topic_decode_or_go_to_the_dlq():
     origin = Origin("signaling.sources", 0, 5)
     good = SourceEvent("trunk:sw/tk", T0, "attempt", "sip", "c1", "8613800000001",
                        "8613900000002")
-    assert s.sources.ingest(good.encode(), origin) is not None
-    assert s.sources.ingest(b"{not json", origin) is None
-    assert s.sources.ingest(b'{"key": "trunk:x/y"}', origin) is None
+    assert s.sources.ingest(good.encode(), origin) == 1
+    assert s.sources.ingest(b"{not json", origin) == 0
+    assert s.sources.ingest(b'{"key": "trunk:x/y"}', origin) == 0
     assert [r for _, r, _, _ in s.src_sink.dead] == ["not_json", "missing_field"]
 
 
