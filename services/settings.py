@@ -35,8 +35,9 @@ class Settings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = ""
     kafka_ssl_cafile: str = ""
-    #: Partitions of keyed topics; one worker owns whole partitions, so this caps worker count.
-    topic_partitions: int = 8
+    #: Partitions of keyed topics; one worker owns whole partitions, so this caps worker count
+    #: (and thus a deployment's events/s: see the sizing table in docs/ARCHITECTURE.md).
+    topic_partitions: int = 32
     topic_replication: int = 1
 
     # --- Embedded broker (make run / tests) ------------------------------------------------
@@ -50,6 +51,12 @@ class Settings:
     country_code: str = "86"
     national_prefix: str = "0"
     international_prefix: str = "00"
+
+    # --- Ingest ----------------------------------------------------------------------------
+    #: Events per batch record written by dialguard's ingest edges and simulator (1: one
+    #: event per record); a batch waits at most ``ingest_batch_linger_s`` for more events.
+    ingest_batch_events: int = 500
+    ingest_batch_linger_s: float = 0.05
 
     # --- Event validation ------------------------------------------------------------------
     #: Events stamped further than this in the future (wall clock) are rejected to the DLQ.
@@ -65,11 +72,17 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     #: Faust table store; RocksDB keeps state on disk, the changelog topic makes it durable.
     store: str = "rocksdb://"
-    #: Events are folded into per-number state in memory and written to the table (one
-    #: changelog record per touched number) at most every ``flush_events`` events or
-    #: ``flush_interval_s`` seconds, whichever comes first.
+    #: Events are folded into per-number state in memory; every ``flush_events`` events or
+    #: ``flush_interval_s`` seconds the worker learns new labels, sends the events re-keyed
+    #: for the source stage and publishes its counters.
     flush_events: int = 2000
     flush_interval_s: float = 0.5
+    #: Every ``commit_interval_s`` seconds (or ``commit_max_states`` touched states) the
+    #: micro-batch is made durable in order: outputs delivered, each touched state written
+    #: once (RocksDB + changelog), then the records released for Faust's offset commit
+    #: (streams/microbatch.py). Longer: fewer state writes, more to re-read after a crash.
+    commit_interval_s: float = 2.0
+    commit_max_states: int = 50_000
     #: Late events within this many seconds of a number's newest event are still counted.
     late_grace_s: float = 120.0
     #: Answered calls shorter than this are "short" (robots get hung up on).

@@ -5,13 +5,23 @@ Layout follows faust-streaming's examples: the app, its topics and tables at mod
 agent per stage, timers. The number stage (:class:`Detector`) folds events per caller and
 re-keys each accepted event by its trunk and caller ranges onto ``signaling.sources``; the
 source stage (:class:`SourceDetector`) owns those keys and decides on ranges and trunks. Both
-stages run in every worker, each on the partitions Faust assigns it. Why the agent iterates ``stream.events()`` and writes the table itself:
-Faust's RocksDB store routes a write to the partition of the *current event* (a ContextVar in
-``faust/streams.py``), and on faust-streaming 0.15.3 ``take_events()`` never yields once the app
-has a table (checked on this project's broker). So events are folded into memory one by one
-(cheap: a dict update), and once per micro-batch each touched number's state is written once,
-inside the context of the last event seen for that number, which lives in the same partition
-because the topic is keyed by caller. One changelog record per number per batch, not per event.
+stages run in every worker, each on the partitions Faust assigns it.
+
+Why the agents look the way they do:
+
+* Records are batches: dialguard's producers write up to hundreds of events of one partition
+  per record (:mod:`streams.batches`), so Faust's per-record cost (an Event, several loop turns;
+  about 6k records/s here) is paid once per batch. Single-event records stay valid.
+* Acks are manual (``stream.noack()``): each record is held by the :class:`MicroBatch` and
+  released only after what it caused is durable (see :mod:`streams.microbatch` for the order).
+* The table is written by the stages themselves, once per touched state per commit. Faust's
+  RocksDB store and changelog route a write to the partition of the *current event*, a
+  ContextVar in ``faust/streams.py`` (``_current_event``) that is only set while an agent
+  handles that event; :class:`TableStore` sets it to the record the state's newest event came
+  from, which lives in the state's partition because topics are keyed by caller and by source.
+  That name is private: ``tests/unit/test_faust_contract.py`` fails loudly if it changes. On
+  faust-streaming 0.15.3 ``take_events()`` never yields once the app has a table, so batching
+  happens in the records, not in Faust.
 """
 
 from __future__ import annotations
@@ -32,7 +42,8 @@ from services.settings import Settings
 from streams import metrics
 from streams.control import ControlFeed, ControlState
 from streams.detector import Detector, Origin
-from streams.sink import KafkaSink
+from streams.microbatch import MicroBatch
+from streams.sink import DELIVER_TIMEOUT_S, KafkaSink
 from streams.source_detector import SourceDetector
 from streams.topics import SIGNALING_EVENTS, SOURCE_EVENTS
 
@@ -76,6 +87,9 @@ app = faust.App(
     web_host="127.0.0.1",
     web_port=settings.worker_web_port,
     web_in_thread=False,
+    # Held records are released by our commit, not by the agent moving on; Faust must not
+    # wait for them on a rebalance (on_revoked commits what it can first).
+    stream_wait_empty=False,
 )
 
 events_topic = app.topic(SIGNALING_EVENTS.name, key_type=bytes, value_type=bytes,
@@ -132,6 +146,9 @@ class Runtime:
                                  TableStore(state_table))
         self.sources = SourceDetector(settings, self.source_scorer, self.control, self.sink,
                                       TableStore(source_table))
+        self.batch = MicroBatch([self.detector, self.sources], self.sink,
+                                settings.commit_interval_s, settings.commit_max_states,
+                                DELIVER_TIMEOUT_S)
         self.last_checkpoint = time.monotonic()
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         shadow = self.control.shadow
@@ -142,12 +159,18 @@ class Runtime:
                  "ON" if self.control.dry_run_all else "off")
 
     def flush(self) -> None:
-        for d in self.detector.flush() + self.sources.flush():
+        """Publish: labels learned, counters out, re-keyed events sent (not a commit)."""
+        for d in self.detector.publish() + self.sources.publish():
             log.info("DECISION %s %s%s ttl=%ss score=%.2f | %s", d.action, d.number,
                      " (dry-run)" if d.dry_run else "", d.ttl_s, d.score, "; ".join(d.reasons))
+        self.sink.flush_sources()
         self.sink.poll()
         if time.monotonic() - self.last_checkpoint >= settings.checkpoint_interval_s:
             self.checkpoint()
+
+    def commit(self) -> None:
+        self.flush()
+        self.batch.commit()
 
     def checkpoint(self) -> None:
         self.scorer.save(settings.checkpoint_path)
@@ -155,7 +178,7 @@ class Runtime:
         self.last_checkpoint = time.monotonic()
 
     def close(self) -> None:
-        self.flush()
+        self.commit()
         self.checkpoint()
         self.feed.stop()
         self.sink.close()
@@ -175,33 +198,42 @@ def runtime() -> Runtime:
 
 @app.agent(events_topic)
 async def detect(stream: faust.StreamT) -> None:
+    """The number stage: per-caller state, scored, number decisions, events re-keyed."""
     rt = runtime()
-    detector = rt.detector
+    detector, batch = rt.detector, rt.batch
     flush_at = settings.flush_events
-    async for event in stream.events():
+    async for event in stream.noack().events():
         msg = event.message
         detector.ingest(msg.value, Origin(msg.topic, msg.partition, msg.offset), ctx=event)
+        batch.hold(event)
         if detector.pending >= flush_at:
             rt.flush()
+        if batch.due():
+            rt.commit()
 
 
 @app.agent(sources_topic)
 async def detect_sources(stream: faust.StreamT) -> None:
     """The source stage: per-trunk and per-range state, scored, scoped decisions."""
     rt = runtime()
-    sources = rt.sources
+    sources, batch = rt.sources, rt.batch
     flush_at = settings.flush_events
-    async for event in stream.events():
+    async for event in stream.noack().events():
         msg = event.message
         sources.ingest(msg.value, Origin(msg.topic, msg.partition, msg.offset), ctx=event)
+        batch.hold(event)
         if sources.pending >= flush_at:
             rt.flush()
+        if batch.due():
+            rt.commit()
 
 
 @app.timer(interval=settings.flush_interval_s)
 async def periodic_flush() -> None:
     if _runtime is not None:
         _runtime.flush()
+        if _runtime.batch.due():
+            _runtime.commit()
 
 
 @app.timer(interval=LAG_INTERVAL_S)
@@ -222,13 +254,16 @@ async def report_lag() -> None:
 
 @app.on_partitions_revoked.connect
 async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001
-    """Persist what is pending, then trust the table again: ownership may have moved."""
+    """Commit what is held, then trust the table again: ownership may have moved."""
     if _runtime is not None:
         try:
-            _runtime.flush()
+            _runtime.commit()
         except Exception:  # noqa: BLE001 - the table may already have closed a partition
-            log.exception("flush on rebalance failed; at most one micro-batch of counts is "
-                          "recounted from the changelog")
+            log.exception("commit on rebalance failed; the new owners read the held records "
+                          "again and skip what their states already hold")
+        dropped = _runtime.batch.forget()
+        if dropped:
+            log.info("rebalance: %d records left unacknowledged for their new owners", dropped)
         for stage in (_runtime.detector, _runtime.sources):
             stage.dirty.clear()
             stage.forget_cache()

@@ -291,8 +291,9 @@ class Detector:
         state = CallerState.from_bytes(raw) if raw else CallerState()
         self.cache[number] = state
         if len(self.cache) > HOT_CACHE:
-            old, _ = self.cache.popitem(last=False)
-            self.dirty.pop(old, None)  # never happens in practice: flush empties dirty first
+            old, evicted = self.cache.popitem(last=False)
+            if old in self.dirty:  # written now, or its counts would be lost at the commit
+                self.store.put(old, evicted.to_bytes(), self.dirty.pop(old))
         return state
 
     def forget_cache(self) -> None:
@@ -301,13 +302,26 @@ class Detector:
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self) -> list[Decision]:
-        """Learn from new labels and persist touched numbers once each. Returns the decisions
-        made since the last flush."""
-        started = time.perf_counter()
-        self._learn_labels()
+        """:meth:`publish`, then :meth:`persist`: what replays and tests call; the worker
+        calls the two apart (streams.microbatch)."""
+        decisions = self.publish()
+        self.persist()
+        return decisions
+
+    def persist(self) -> int:
+        """Write each number touched since the last call once, with the position of the
+        newest event folded into it. Returns how many were written."""
+        written = len(self.dirty)
         for number, ctx in self.dirty.items():
             self.store.put(number, self.cache[number].to_bytes(), ctx)
         self.dirty.clear()
+        return written
+
+    def publish(self) -> list[Decision]:
+        """Learn from new labels, publish counts and gauges. Returns the decisions made since
+        the last call (already handed to the sink as they were made)."""
+        started = time.perf_counter()
+        self._learn_labels()
         decisions, self.decisions = self.decisions, []
         self.flushes += 1
         if self.flushes % POOL_SWEEP_EVERY == 0:

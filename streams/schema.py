@@ -63,8 +63,6 @@ DLQ_HEADER_INDEX = "dlq.index"
 #: one JSON array, so the worker pays Kafka's and Faust's per-record cost once per batch, not
 #: once per event. A record holding one JSON object (any other producer) stays valid.
 BATCH_MAX_EVENTS = 1000
-#: And at most this many bytes of JSON per batch (the broker's default limit is 1 MiB).
-BATCH_MAX_BYTES = 512 * 1024
 
 # SIP status codes and ISUP cause values that mean "no such number": the scanning signal.
 SIP_UNALLOCATED = frozenset({404, 484})

@@ -14,14 +14,18 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from services.settings import Settings
+from streams.batches import PartitionBatches
 from streams.detector import Origin
-from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION,
+from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_INDEX, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION,
                             DLQ_HEADER_REASON, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
-                            ScoreRecord, SourceEvent)
+                            ScoreRecord, SourceEvent, encode_batch)
 from streams.topics import DECISIONS, SCORES, SHADOW_DECISIONS, SIGNALING_DLQ, SOURCE_EVENTS
 
 log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_S = 30.0
+#: How long a commit waits for the broker to acknowledge outputs before giving up this time.
+DELIVER_TIMEOUT_S = 10.0
+METADATA_TIMEOUT_S = 10.0
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -35,6 +39,7 @@ class KafkaSink:
         self.producer = Producer(producer_config(settings), logger=log)
         self.source = source
         self.failures = 0
+        self.sources: PartitionBatches | None = None
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -62,8 +67,45 @@ class KafkaSink:
         self._produce(SHADOW_DECISIONS.name, decision.number.encode(), decision.encode())
 
     def source_event(self, event: SourceEvent) -> None:
-        """An accepted event re-keyed by its trunk or caller range, for the source stage."""
-        self._produce(SOURCE_EVENTS.name, event.key.encode(), event.encode())
+        """An accepted event re-keyed by its trunk or caller range, for the source stage:
+        gathered into batch records per partition (sent when full or on ``flush_sources``)."""
+        if self.sources is None:
+            self.sources = PartitionBatches(self._partitions(SOURCE_EVENTS.name))
+        full = self.sources.add(event.key.encode(), event.row())
+        if full is not None:
+            self._produce_batch(SOURCE_EVENTS.name, *full)
+
+    def flush_sources(self) -> int:
+        """Send every open batch of re-keyed events. Returns how many events they held."""
+        sent = 0
+        if self.sources is not None:
+            for partition, rows in self.sources.drain():
+                self._produce_batch(SOURCE_EVENTS.name, partition, rows)
+                sent += len(rows)
+        return sent
+
+    def deliver(self, timeout: float = DELIVER_TIMEOUT_S) -> bool:
+        """Wait until the broker has every record produced so far (acks=all). False if some
+        were still pending at ``timeout``: the caller must not treat them as durable."""
+        self.flush_sources()
+        return self.producer.flush(timeout) == 0
+
+    def _produce_batch(self, topic: str, partition: int, rows: list[Any]) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=encode_batch(rows), partition=partition,
+                                      on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _partitions(self, topic: str) -> int:
+        """The topic's partition count as the broker knows it (what the agents consume)."""
+        meta = self.producer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise KafkaException(f"topic {topic} has no partitions on the broker "
+                                 f"({None if meta is None else meta.error})")
+        return len(meta.partitions)
 
     def score(self, record: ScoreRecord) -> None:
         self._produce(SCORES.name, record.number.encode(), record.encode())
@@ -73,7 +115,8 @@ class KafkaSink:
                    (DLQ_HEADER_SOURCE, self.source.encode()),
                    (DLQ_HEADER_TOPIC, origin.topic.encode()),
                    (DLQ_HEADER_PARTITION, str(origin.partition).encode()),
-                   (DLQ_HEADER_OFFSET, str(origin.offset).encode())]
+                   (DLQ_HEADER_OFFSET, str(origin.offset).encode()),
+                   (DLQ_HEADER_INDEX, str(origin.index).encode())]
         self._produce(SIGNALING_DLQ.name, None, raw, headers)
 
     def poll(self) -> None:

@@ -167,8 +167,9 @@ class SourceDetector:
             TRUNK_SEGMENTS if kind == KIND_TRUNK else RANGE_SEGMENTS)
         self.cache[key] = state
         if len(self.cache) > HOT_CACHE:
-            old, _ = self.cache.popitem(last=False)
-            self.dirty.pop(old, None)
+            old, evicted = self.cache.popitem(last=False)
+            if old in self.dirty:  # written now, or its counts would be lost at the commit
+                self.store.put(old, evicted.to_bytes(), self.dirty.pop(old))
         return state
 
     def _should_score(self, state: SourceState) -> bool:
@@ -322,12 +323,24 @@ class SourceDetector:
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self) -> list[Decision]:
-        """Learn from new labels and persist touched sources once each."""
-        started = time.perf_counter()
-        self._learn_labels()
+        """:meth:`publish`, then :meth:`persist` (the worker calls them apart)."""
+        decisions = self.publish()
+        self.persist()
+        return decisions
+
+    def persist(self) -> int:
+        """Write each source touched since the last call once, with its origin positions."""
+        written = len(self.dirty)
         for key, ctx in self.dirty.items():
             self.store.put(key, self.cache[key].to_bytes(), ctx)
         self.dirty.clear()
+        return written
+
+    def publish(self) -> list[Decision]:
+        """Learn from new labels, publish counts and gauges; the decisions made since the
+        last call."""
+        started = time.perf_counter()
+        self._learn_labels()
         decisions, self.decisions = self.decisions, []
         self.flushes += 1
         if self.flushes % SWEEP_EVERY == 0:

@@ -7,6 +7,9 @@ migration note in the README.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+from aiokafka.partitioner import murmur2
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -73,3 +76,16 @@ def by_name(name: str) -> TopicSpec:
         if spec.name == name:
             return spec
     raise KeyError(f"{name!r} is not in the topic catalog")
+
+
+#: Keys whose partition is remembered (a pure-Python murmur2 costs a few microseconds).
+PARTITION_CACHE = 1 << 18
+
+
+@lru_cache(maxsize=PARTITION_CACHE)
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's Java client, aiokafka and librdkafka's ``murmur2_random`` give a
+    keyed record. Batch records name their partition explicitly; computing it with the same
+    hash keeps a caller's (or a source's) events on one partition whether they arrive one per
+    record from another producer or in batches from dialguard's own."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -108,7 +108,7 @@ class HepCollector:
         latest, seen_at = self._clock
         if latest:
             self.feed.expire(latest + (time.monotonic() - seen_at))
-        self.sink.producer.poll(0)
+        self.sink.tick()
 
 
 class _Udp(asyncio.DatagramProtocol):

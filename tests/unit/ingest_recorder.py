@@ -16,13 +16,18 @@ from services.settings import Settings
 from streams.schema import DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, SignalingEvent
 from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
 
+#: The events topic's partitions as the recording sink assumes them (no broker to ask).
+PARTITIONS = 8
+
 
 @dataclass
 class RecordingProducer:
     records: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
+    sink: EventSink | None = None
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None,
-                headers: list[tuple[str, bytes]] | None = None, on_delivery: Any = None) -> None:
+                headers: list[tuple[str, bytes]] | None = None, on_delivery: Any = None,
+                partition: int = -1) -> None:
         self.records.append((topic, key, value, dict(headers or [])))
 
     def poll(self, timeout: float = 0) -> int:
@@ -32,8 +37,17 @@ class RecordingProducer:
         return 0
 
     def events(self) -> list[SignalingEvent]:
-        return [SignalingEvent(**orjson.loads(v)) for t, _, v, _ in self.records
-                if t == SIGNALING_EVENTS.name]
+        """Every event published so far, whether one per record or in batch records (the
+        sink's open batches are sent first, as a worker would eventually read them)."""
+        if self.sink is not None:
+            self.sink.send_batches()
+        out = []
+        for t, _, v, _ in self.records:
+            if t == SIGNALING_EVENTS.name:
+                value = orjson.loads(v)
+                out += [SignalingEvent(**e) for e in (value if isinstance(value, list)
+                                                      else [value])]
+        return out
 
     def dead(self) -> list[tuple[bytes, str, str]]:
         """(original bytes, reason, detail) of each dead letter."""
@@ -45,5 +59,6 @@ def recording_sink(source: str, settings: Settings | None = None
                    ) -> tuple[EventSink, RecordingProducer]:
     producer = RecordingProducer()
     sink = EventSink(settings or Settings.from_env(environ={}), source, progress=None,
-                     producer=producer)
+                     producer=producer, partitions=PARTITIONS)
+    producer.sink = sink
     return sink, producer

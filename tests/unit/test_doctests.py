@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["streams.scope", "streams.source_features", "online_models.source_scorer"]
+MODULES = ["streams.scope", "streams.batches", "streams.source_features", "online_models.source_scorer"]
 
 
 @pytest.mark.parametrize("name", MODULES)

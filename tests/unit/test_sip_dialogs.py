@@ -262,7 +262,8 @@ class RecordingProducer:
 
 
 def test_feed_accounts_for_every_message_and_dead_letters_unusable_ones():
-    settings = Settings.from_env(environ={})
+    # One event per record, so the order of events and dead letters shows.
+    settings = Settings.from_env(environ={}, ingest_batch_events=1)
     producer = RecordingProducer()
     sink = EventSink(settings, "test", progress=None, producer=producer)
     feed = SipFeed(DialogTracker(), sink, EventValidator.of(settings))
@@ -297,13 +298,13 @@ def test_pcap_replay_of_the_same_calls_matches_the_hep_trace():
     def facts(events):
         return sorted((e.callee, e.kind, e.caller, e.code, e.attest) for e in events)
 
+    from tests.unit.ingest_recorder import recording_sink
+
     settings = Settings.from_env(environ={})
-    producer = RecordingProducer()
-    sink = EventSink(settings, "sip-pcap", progress=None, producer=producer)
+    sink, producer = recording_sink("sip-pcap", settings)
     feed = SipFeed(DialogTracker(), sink, EventValidator.of(settings))
     frames = ingest_file(FIXTURE.with_suffix(".pcap"), feed, switch="pcap")
-    from_pcap = [SignalingEvent(**orjson.loads(value))
-                 for topic, _, value, _ in producer.records if topic == "signaling.events"]
+    from_pcap = producer.events()
     tracker = DialogTracker()
     from_hep = [e for p in hep.read_file(FIXTURE.read_bytes())
                 for e in tracker.feed(parse_sip(p.payload, p.ts)).events]

@@ -1,0 +1,40 @@
+"""What streams/app.py relies on in faust-streaming beyond its documented API.
+
+The worker writes its tables itself, from a timer or another agent's turn, by setting Faust's
+private ``_current_event`` ContextVar (the RocksDB store and the changelog route a write to the
+current event's partition). If an upgrade renames or changes it, this fails here, loudly,
+instead of the worker writing state to the wrong partition or crashing at its first commit.
+"""
+
+import weakref
+from contextvars import ContextVar
+
+import faust
+import faust.streams
+from faust.events import Event
+
+
+def test_the_private_current_event_contextvar_is_still_what_current_event_reads():
+    from streams.app import _current_event
+
+    assert _current_event is faust.streams._current_event
+    assert isinstance(_current_event, ContextVar)
+
+    class Marker:
+        pass
+
+    marker = Marker()
+    token = _current_event.set(weakref.ref(marker))
+    try:
+        assert faust.streams.current_event() is marker
+    finally:
+        _current_event.reset(token)
+    assert faust.streams.current_event() is None
+
+
+def test_manual_acks_and_the_rebalance_setting_exist():
+    assert callable(getattr(faust.Stream, "noack"))
+    assert callable(getattr(Event, "ack"))
+    from streams.app import app
+
+    assert app.conf.stream_wait_empty is False
