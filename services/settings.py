@@ -83,6 +83,11 @@ class Settings:
     #: (streams/microbatch.py). Longer: fewer state writes, more to re-read after a crash.
     commit_interval_s: float = 2.0
     commit_max_states: int = 50_000
+    #: A worker that stops heartbeating for this long loses its partitions to the others
+    #: (Faust's default, 60 s, left a dead worker's partitions undecided for a minute);
+    #: heartbeats go out every ``worker_heartbeat_s`` (a third of it or less).
+    worker_session_timeout_s: float = 10.0
+    worker_heartbeat_s: float = 3.0
     #: Late events within this many seconds of a number's newest event are still counted.
     late_grace_s: float = 120.0
     #: Answered calls shorter than this are "short" (robots get hung up on).

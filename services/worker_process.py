@@ -8,6 +8,8 @@ construction, so whoever scrapes the worker knows them and a restart keeps them.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +102,12 @@ class WorkerProcess:
     def stop(self) -> None:
         """SIGTERM its process group (Faust flushes and checkpoints), SIGKILL if it hangs."""
         stop_group(self.proc, STOP_TIMEOUT_S)
+
+    def kill(self) -> None:
+        """SIGKILL its process group: a crash, nothing flushed (fault tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return log_tail(self.log_path, lines)

@@ -90,6 +90,8 @@ app = faust.App(
     # Held records are released by our commit, not by the agent moving on; Faust must not
     # wait for them on a rebalance (on_revoked commits what it can first).
     stream_wait_empty=False,
+    broker_session_timeout=settings.worker_session_timeout_s,
+    broker_heartbeat_interval=settings.worker_heartbeat_s,
 )
 
 events_topic = app.topic(SIGNALING_EVENTS.name, key_type=bytes, value_type=bytes,
