@@ -133,6 +133,9 @@ class Settings:
     #: Largest request body accepted; the bulk feedback route has its own, larger, limit.
     api_max_body_bytes: int = 256 * 1024
     api_max_bulk_bytes: int = 16 * 1024 * 1024
+    #: How long one write may take to reach Kafka, waiting for room in the producer's local
+    #: queue included, before the API answers with what was (and was not) published.
+    api_write_timeout_s: float = 30.0
     #: What-if replays the latest score of every number published within this many seconds.
     api_whatif_window_s: float = 3600.0
     #: How often the guard compares live versions' false-positive rate with their target.

@@ -21,8 +21,9 @@ from services.api import metrics
 from services.api.auth import Identity, TokenStore
 from services.api.errors import ApiError, BadRequest, Forbidden, TooLarge, Unauthorized
 from services.api.guard import Guard
-from services.api.ops import Operations, Writer
+from services.api.ops import Operations
 from services.api.views import ViewFeed, Views
+from services.api.writer import Writer
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return json_response({"error": exc.message}, exc.status)
+        return json_response({**exc.details, "error": exc.message}, exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -21,13 +21,23 @@ ASSET_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    feed = ctx(request).feed
+    """503 when the API would answer wrong (stale views) or cannot write (Kafka does not take
+    its records): a load balancer should send analysts elsewhere, not let them believe a kill
+    switch went through."""
+    c = ctx(request)
+    feed = c.feed
+    writes = await blocking(c.ops.writer.health)
+    body: dict[str, object] = {"ok": True,
+                               "caught_up": bool(feed is None or feed.caught_up.is_set()),
+                               "writes": writes}
     if feed is not None and feed.failed is not None:
         # Stale views would answer wrong; say so to whoever checks health (load balancer).
-        return json_response({"ok": False, "error": f"topic views stopped: {feed.failed}"},
-                             503)
-    return json_response({"ok": True,
-                          "caught_up": bool(feed is None or feed.caught_up.is_set())})
+        return json_response({**body, "ok": False,
+                              "error": f"topic views stopped: {feed.failed}"}, 503)
+    if not writes["ok"]:
+        return json_response({**body, "ok": False,
+                              "error": f"writes are failing: {writes.get('error')}"}, 503)
+    return json_response(body)
 
 
 @routes.get("/")

@@ -1,0 +1,155 @@
+"""Hardening of the control API (issue 12, control-plane side), in process.
+
+Writes that Kafka takes only in part, bulk files that are too large or too bad, strict policy
+types, timestamps the console cannot show, unhandled errors, log injection, security headers,
+token names. The real-broker path of the same writes is tests/integration/test_api_hardening.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Iterable
+
+import pytest
+
+from services.api import routes_data
+from services.api.writer import MemoryWriter, Record, Writer, WriteResult
+from services.settings import Settings
+from streams.topics import AUDIT, FEEDBACK
+from tests.unit.api_helpers import Api, auth
+
+P = "/api/v1"
+CSV = {"Content-Type": "text/csv"}
+
+
+# -- 1. writes Kafka takes only in part ------------------------------------------------------
+class FlakyWriter:
+    """A MemoryWriter that, while ``broken``, lands only the first ``lands`` records of a
+    batch (like a producer whose queue stays full) and reports the rest as failed."""
+
+    def __init__(self, inner: MemoryWriter, lands: int) -> None:
+        self.inner = inner
+        self.lands = lands
+        self.broken = True
+
+    def write(self, records: Iterable[Record]) -> WriteResult:
+        records = list(records)
+        if not self.broken:
+            return self.inner.write(records)
+        done = self.inner.write(records[:self.lands])
+        result = WriteResult(records, landed=dict(done.landed))
+        for i in range(self.lands, len(records)):
+            result.failed[i] = "not sent: the producer's local queue stayed full for 1s"
+        return result
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": not self.broken, "queued": 0,
+                **({"error": "3 of 5 records not published"} if self.broken else {})}
+
+
+def test_writer_without_room_reports_what_it_could_not_publish_instead_of_raising(tmp_path):
+    """librdkafka's local queue full (5 messages here, nobody to deliver to): the write waits
+    for room until its deadline, then reports each record, and never raises BufferError."""
+    settings = Settings.from_env(environ={}, home=tmp_path, api_write_timeout_s=1.0,
+                                 kafka_bootstrap="127.0.0.1:9")
+    writer = Writer(settings, {"queue.buffering.max.messages": 5, "message.timeout.ms": 60_000})
+    records = [Record(FEEDBACK.name, str(i), b"{}") for i in range(20)]
+    result = writer.write(records)
+    assert not result.ok and not result.landed and len(result.failed) == 20
+    assert "queue stayed full" in result.failed[19]
+    health = writer.health()
+    assert health["ok"] is False and "20 of 20 records not published" in health["error"]
+
+
+def test_partial_bulk_is_reported_audited_and_health_follows_writes(tmp_path):
+    api = Api(tmp_path)
+    flaky = FlakyWriter(api.writer, lands=3)
+    api.ops.writer = flaky
+    rows = "".join(f"b{i},861380013{i:04d},robot\n" for i in range(5))
+
+    async def scenario(c):
+        r = await c.post(f"{P}/feedback/bulk", headers={**auth("ana"), **CSV},
+                         data=f"id,number,label\n{rows}")
+        body = await r.json()
+        assert r.status == 503, body
+        assert (body["accepted"], body["failed_total"]) == (3, 2)
+        assert [f["id"] for f in body["failed"]] == ["b3", "b4"]
+        assert "3 labels published, 2 not" in body["error"]
+        r = await c.get("/healthz")
+        health = await r.json()
+        assert r.status == 503 and health["ok"] is False and health["writes"]["ok"] is False
+        # A single write that lands nothing is a 503 that says so, and changes nothing.
+        flaky.lands = 0
+        r = await c.put(f"{P}/switches", headers=auth("adam"),
+                        json={"dry_run_all": True, "reason": "incident"})
+        assert r.status == 503 and "nothing was published" in (await r.json())["error"]
+        flaky.broken = False
+        r = await c.put(f"{P}/switches", headers=auth("adam"),
+                        json={"dry_run_all": True, "reason": "incident"})
+        assert r.status == 200
+        r = await c.get("/healthz")
+        assert r.status == 200 and (await r.json())["writes"]["ok"] is True
+    api.run(scenario)
+    audits = [r for r in api.writer.written if r.topic == AUDIT.name]
+    bulk = [r for r in audits if r.key == "labels/bulk"]
+    assert len(bulk) == 1 and b'"count":3' in bulk[0].value and b'"failed":2' in bulk[0].value
+    assert b"partial: 3 of 5 published" in bulk[0].value
+    assert [r.key for r in audits] == ["labels/bulk", "switches"]  # the failed one unaudited
+
+
+# -- 8. bulk files too large or too bad ------------------------------------------------------
+def test_bulk_rows_are_capped_and_the_rejections_listed_are_bounded(tmp_path):
+    from services.api.feedback_io import MAX_BULK_ROWS, MAX_REPORTED_REJECTIONS
+
+    too_many = "id,number,label\n" + "a,1,x\n" * (MAX_BULK_ROWS + 1)
+    bad = "id,number,label\n" + "a,1,x\n" * (MAX_REPORTED_REJECTIONS * 3)
+
+    async def scenario(c):
+        r = await c.post(f"{P}/feedback/bulk", headers={**auth("ana"), **CSV}, data=too_many)
+        body = await r.json()
+        assert r.status == 413 and f"more than {MAX_BULK_ROWS:,} rows" in body["error"]
+        r = await c.post(f"{P}/feedback/bulk", headers={**auth("ana"), **CSV}, data=bad)
+        body = await r.json()
+        assert r.status == 200
+        assert len(body["rejected"]) == MAX_REPORTED_REJECTIONS
+        assert body["rejected_total"] == MAX_REPORTED_REJECTIONS * 3
+        assert body["rejected"][0]["line"] == 2  # the first ones, by line
+    Api(tmp_path, api_max_bulk_bytes=64 * 1024 * 1024).run(scenario)
+
+
+def test_a_bulk_file_is_parsed_off_the_event_loop(tmp_path, monkeypatch):
+    """While a bulk file is being parsed, /healthz still answers: the parse is held until the
+    health check came back, and the order of the two is what is asserted."""
+    order: list[str] = []
+    release = threading.Event()
+    real_parse = routes_data.parse_bulk
+
+    def slow_parse(body: bytes, content_type: str):  # type: ignore[no-untyped-def]
+        release.wait(10)
+        order.append("parsed")
+        return real_parse(body, content_type)
+    monkeypatch.setattr(routes_data, "parse_bulk", slow_parse)
+
+    async def scenario(c):
+        bulk = asyncio.ensure_future(c.post(f"{P}/feedback/bulk",
+                                            headers={**auth("ana"), **CSV},
+                                            data="id,number,label\nz1,8613800138000,robot\n"))
+        await asyncio.sleep(0)
+        r = await c.get("/healthz")
+        order.append(f"healthz {r.status}")
+        release.set()
+        assert (await bulk).status == 200
+    Api(tmp_path).run(scenario)
+    assert order == ["healthz 200", "parsed"]
+
+
+def test_a_csv_field_beyond_the_csv_limit_is_a_400_not_a_500(tmp_path):
+    huge = "x" * 200_000
+
+    async def scenario(c):
+        r = await c.post(f"{P}/feedback/bulk", headers={**auth("ana"), **CSV},
+                         data=f"id,number,label,note\nn1,8613800138000,robot,{huge}\n")
+        body = await r.json()
+        assert r.status == 400 and "line 2" in body["error"], body
+    Api(tmp_path).run(scenario)
