@@ -21,6 +21,7 @@ from services.api import metrics
 from services.api.auth import Identity, TokenStore
 from services.api.errors import ApiError, BadRequest, Forbidden, TooLarge, Unauthorized
 from services.api.guard import Guard
+from services.api.logsafe import loggable
 from services.api.ops import Operations
 from services.api.views import ViewFeed, Views
 from services.api.writer import Writer
@@ -135,7 +136,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except Exception:  # noqa: BLE001 - the client gets no trace; the log gets all of it
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, loggable(request.path))
         return json_response({"error": "internal error (logged on the server)"}, 500)
 
 

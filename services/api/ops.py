@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from services.api.auth import Identity
 from services.api.errors import (BadRequest, Conflict, Forbidden, NotFound, Unavailable,
                                  Unprocessable)
+from services.api.logsafe import loggable
 from services.api.targets import check_prefix, check_trunk, trunk_key
 from services.api.views import APPEAL_SUBJECT, Views
 from services.api.writer import (MAX_REPORTED_FAILURES, MemoryWriter, Record, RecordWriter,
@@ -147,7 +148,9 @@ class Operations:
             raise Unavailable(f"only {len(result.landed)} of {len(records)} records were "
                               f"published ({result.first_error()}); the audit says so",
                               details={"failed": result.failures()})
-        log.info("%s by %s (%s) on %s: %s", action, actor.name, actor.role, subject, reason)
+        # User text (reasons, keys) escaped: a CR/LF or ESC must not forge or hide log lines.
+        log.info("%s by %s (%s) on %s: %s", action, loggable(actor.name), actor.role,
+                 loggable(subject), loggable(reason))
         return audit
 
     def _audit(self, actor: Identity, action: str, subject: str, reason: str, before: Any,
@@ -160,7 +163,7 @@ class Operations:
         result = self.writer.write([Record(AUDIT.name, subject, audit.encode())])
         if not result.ok:
             log.error("audit record not written (%s): %s", result.first_error(),
-                      audit.encode().decode())
+                      loggable(audit.encode().decode()))
             raise Unavailable(f"the audit record of {action} on {subject} could not be "
                               f"written ({result.first_error()}); it is in the API's log")
         self._wait_visible(result)
