@@ -146,9 +146,10 @@ class Settings:
     api_view_max_numbers: int = 200_000
     #: Scoped (range and trunk) targets the analyst may allowlist, block and look up:
     #: shortest range an analyst may block (a 2-digit range would cut off a country) and
-    #: shortest range that may be allowlisted (allowlisting "8" would shield most robots).
+    #: shortest range that may be allowlisted (allowlisting "8" would shield most robots, and
+    #: a country code plus one digit, "861", every mobile number of a country).
     api_min_block_prefix: int = 5
-    api_min_allow_prefix: int = 3
+    api_min_allow_prefix: int = 5
 
     # --- Ingest: HEP/SIP, ISUP, CDR (services/ingest) --------------------------------------
     hep_host: str = "127.0.0.1"

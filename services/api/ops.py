@@ -26,8 +26,8 @@ from services.api.writer import (MAX_REPORTED_FAILURES, MemoryWriter, Record, Re
                                  WriteResult, Writer)
 from services.settings import Settings
 from streams.numbers import InvalidNumber, NumberPlan
-from streams.policy import (BUILTIN_ALLOW, SWITCHES_KEY, THRESHOLD_ACTIONS, ControlSwitches,
-                            Policy, PolicyError, shadow_key)
+from streams.policy import (BUILTIN_ALLOW, POLICY_NAME, SWITCHES_KEY, ControlSwitches, Policy,
+                            PolicyError, shadow_key)
 from streams.schema import LABEL_TARGET, AllowEntry, AuditRecord, Decision, Label
 from streams.scope import (SCOPE_PREFIX, SCOPE_TRUNK, CallMatch, ScopeError, decision_key,
                            split_trunk_id)
@@ -82,11 +82,6 @@ def candidate_policy(name: str, body: Any, version: int = 1, author: str = "",
     if not isinstance(body, Mapping):
         raise BadRequest("'policy' must be a JSON object of policy fields")
     obj = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
-    ttl = obj.get("ttl_s")
-    if isinstance(ttl, Mapping):
-        unknown = set(ttl) - set(THRESHOLD_ACTIONS)
-        if unknown:
-            raise Unprocessable(f"ttl_s: unknown actions {', '.join(sorted(map(str, unknown)))}")
     obj.update(name=name, version=version, author=author or "api", reason=reason)
     try:
         return Policy.from_dict(obj)
@@ -97,9 +92,10 @@ def candidate_policy(name: str, body: Any, version: int = 1, author: str = "",
 
 
 def check_policy_name(name: str) -> str:
-    if not name or len(name) > MAX_ID_LEN or "#" in name or ":" in name or \
-            not all(c.isalnum() or c in "-_." for c in name):
-        raise BadRequest(f"policy name {name!r} must be letters, digits, '-', '_', '.'")
+    """A policy name from a URL or a body (the rule is :data:`streams.policy.POLICY_NAME`)."""
+    if not isinstance(name, str) or not POLICY_NAME.match(name):
+        raise BadRequest(f"policy name {name!r} must be 1-64 ASCII letters, digits, '-', '_' "
+                         "and single dots inside (no '..', '/', '#')")
     return name
 
 
@@ -561,5 +557,5 @@ def _decision_dict(decision: Decision) -> dict[str, Any]:
     return asdict(decision)
 
 
-__all__ = ["Operations", "Writer", "MemoryWriter", "Record", "LabelIntake", "candidate_policy", "reason_of",
-           "positive_int", "normalise_number", "MANUAL_POLICY"]
+__all__ = ["Operations", "Writer", "MemoryWriter", "Record", "LabelIntake", "candidate_policy",
+           "reason_of", "positive_int", "normalise_number", "MANUAL_POLICY"]

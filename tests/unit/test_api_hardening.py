@@ -153,3 +153,75 @@ def test_a_csv_field_beyond_the_csv_limit_is_a_400_not_a_500(tmp_path):
         body = await r.json()
         assert r.status == 400 and "line 2" in body["error"], body
     Api(tmp_path).run(scenario)
+
+
+# -- 3. strict policy types ------------------------------------------------------------------
+@pytest.mark.parametrize("policy, message", [
+    ({"do_not_originate": "86400"}, "do_not_originate must be a list of prefix strings, got str"),
+    ({"do_not_originate": {"86400": 1}}, "do_not_originate must be a list"),
+    ({"do_not_originate": ["8"]}, "do_not_originate entry '8' must be 4-15 digits"),
+    ({"do_not_originate": ["\u0668\u0666\u0664\u0660"]}, "digits 0-9"),
+    ({"do_not_originate": [86400]}, "do_not_originate entry 86400"),
+    ({"prefix_overrides": [["86", {"block": 0.9}]]}, "prefix_overrides must be an object"),
+    ({"prefix_overrides": {"\u0668\u0666": {"block": 0.9}}}, "must be digits 0-9"),
+    ({"ttl_s": [["block", 5]]}, "ttl_s must be an object keyed by label, rate_limit, block"),
+    ({"ttl_s": {"block": 2**64 - 1}}, "ttl_s.block must be a whole number of seconds in 1..2592000"),
+    ({"ttl_s": {"block": True}}, "ttl_s.block"),
+    ({"ttl_s": {"block": 3600.5}}, "ttl_s.block"),
+    ({"scopes": {"trunk": {"ttl_s": {"block": 2**64 - 1}}}}, "scopes.trunk.ttl_s.block"),
+    ({"scopes": {"trunk": {"ttl_s": [["block", 60]]}}}, "scopes.trunk.ttl_s must be an object"),
+    ({"scopes": {"trunk": {"ttl_s": {"forever": 60}}}}, "unknown actions forever"),
+    ({"scopes": {"prefix": {"max_talkers": True}}}, "scopes.prefix.max_talkers"),
+    ({"hysteresis": False}, "hysteresis must be a number"),
+    ({"min_distinct": False}, "min_distinct"),
+    ({"scopes": {"prefix": {"hysteresis": True}}}, "scopes.prefix.hysteresis"),
+])
+def test_policy_fields_have_strict_types(tmp_path, policy, message):
+    async def scenario(c):
+        r = await c.put(f"{P}/policies/default", headers=auth("ana"),
+                        json={"policy": policy, "reason": "strict"})
+        body = await r.json()
+        assert r.status == 422 and message in body["error"], body
+    api = Api(tmp_path)
+    api.run(scenario)
+    assert api.writer.written == []
+
+
+@pytest.mark.parametrize("name", ["...", "a..b", ".hidden", "trailing.", "caf\u00e9", "x" * 65,
+                                  "a%2Fb", "a%23shadow"])
+def test_policy_names_are_plain_ascii(tmp_path, name):
+    async def scenario(c):
+        r = await c.put(f"{P}/policies/{name}", headers=auth("ana"),
+                        json={"policy": {}, "reason": "name"})
+        assert r.status == 400 and "policy name" in (await r.json())["error"]
+        r = await c.post(f"{P}/whatif", headers=auth("ana"),
+                         json={"policy": {"name": name.replace("%2F", "/")}})
+        assert r.status == 400
+    Api(tmp_path).run(scenario)
+
+
+def test_well_typed_policies_and_names_still_pass(tmp_path):
+    from streams.policy import Policy
+
+    async def scenario(c):
+        r = await c.put(f"{P}/policies/night.v2", headers=auth("ana"), json={
+            "policy": {"do_not_originate": ["86400"], "ttl_s": {"block": 30 * 86_400},
+                       "prefix_overrides": {"86138": {"block": 0.95}}, "hysteresis": 0},
+            "reason": "typed"})
+        assert r.status == 200, await r.json()
+        assert (await r.json())["policy"]["do_not_originate"] == ["86400"]
+    Api(tmp_path).run(scenario)
+    assert Policy.decode(Policy(name="night.v2").encode()).name == "night.v2"
+
+
+def test_allowlist_prefixes_need_five_digits_by_default(tmp_path):
+    async def scenario(c):
+        for digits, status in (("861", 400), ("8613", 400), ("86138", 201)):
+            r = await c.post(f"{P}/allowlist", headers=auth("ana"),
+                             json={"number": digits, "prefix": True, "reason": "range"})
+            assert r.status == status, (digits, await r.json())
+        r = await c.post(f"{P}/allowlist", headers=auth("ana"),
+                         json={"number": "\u0668\u0666\u0661\u0663\u0668", "prefix": True,
+                               "reason": "range"})
+        assert r.status == 400 and "digits" in (await r.json())["error"]
+    Api(tmp_path).run(scenario)
