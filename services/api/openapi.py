@@ -140,7 +140,9 @@ def document() -> dict[str, Any]:
                                              "trunk": {"type": "string",
                                                        "description": "<switch>/<trunk>"},
                                              "reason": REASON, "ttl_s": {"type": "integer"},
-                                             "expires_at": {"type": "number"}}},
+                                             "expires_at": {
+                                                 "type": "number", "description":
+                                                 "epoch seconds, future, <= 366 days ahead"}}},
                         errors=(400,), status="201")},
         "/api/v1/allowlist/trunk/{switch}/{trunk}": {"delete": _op(
             "remove a trunk entry", "analyst", _json(OBJ),

@@ -76,6 +76,17 @@ def positive_int(value: Any, what: str, maximum: int = MAX_TTL_S) -> int:
     return int(value)
 
 
+def future_epoch(value: Any, what: str, now: float, horizon_s: int = MAX_TTL_S) -> float:
+    """An epoch time in seconds after ``now`` and at most ``horizon_s`` later. Beyond it is a
+    typing error (milliseconds for seconds: 1e13 is the year 318857), and such a value once
+    made the console's date formatter throw for every analyst."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or not now < value <= now + horizon_s:
+        raise BadRequest(f"{what} must be an epoch time in seconds, in the future and at most "
+                         f"{horizon_s // 86_400} days ahead; got {value!r}")
+    return float(value)
+
+
 def candidate_policy(name: str, body: Any, version: int = 1, author: str = "",
                      reason: str = "") -> Policy:
     """A policy from a request body, validated (422 names the field); server fields set."""
@@ -282,11 +293,7 @@ class Operations:
         if body.get("ttl_s") is not None:
             expires_at = now + positive_int(body["ttl_s"], "ttl_s")
         elif body.get("expires_at") is not None:
-            exp = body["expires_at"]
-            if isinstance(exp, bool) or not isinstance(exp, (int, float)) or \
-                    not math.isfinite(exp) or exp <= now:
-                raise BadRequest("expires_at must be a future epoch time in seconds")
-            expires_at = float(exp)
+            expires_at = future_epoch(body["expires_at"], "expires_at", now)
         return key, AllowEntry(number=number, reason=reason, prefix=prefix,
                                expires_at=expires_at, author=actor.name,
                                trunk=trunk is not None)
@@ -443,8 +450,10 @@ class Operations:
             ts = float(ts)
         except (TypeError, ValueError):
             raise Unprocessable(f"ts must be epoch seconds; got {ts!r}") from None
-        if not math.isfinite(ts) or ts <= 0:
-            raise Unprocessable("ts must be a positive epoch time")
+        if not math.isfinite(ts) or ts <= 0 or \
+                ts > time.time() + self.settings.max_future_skew_s:
+            raise Unprocessable(f"ts must be a positive epoch time in seconds, not in the "
+                                f"future; got {obj.get('ts')!r}")
         return Label(number=number, label=kind, ts=ts, id=label_id.strip(), source=source,
                      note=note)
 

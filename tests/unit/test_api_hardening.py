@@ -225,3 +225,33 @@ def test_allowlist_prefixes_need_five_digits_by_default(tmp_path):
                                "reason": "range"})
         assert r.status == 400 and "digits" in (await r.json())["error"]
     Api(tmp_path).run(scenario)
+
+
+# -- 4. timestamps the console cannot show ---------------------------------------------------
+@pytest.mark.parametrize("expires_at", [1e13, -1, 0.5, True, "2030-01-01", 2**63])
+def test_allowlist_expiry_must_be_a_sane_future_time(tmp_path, expires_at):
+    async def scenario(c):
+        r = await c.post(f"{P}/allowlist", headers=auth("ana"),
+                         json={"number": "8613800138000", "reason": "x",
+                               "expires_at": expires_at})
+        body = await r.json()
+        assert r.status == 400 and "expires_at must be an epoch time" in body["error"], body
+    api = Api(tmp_path)
+    api.run(scenario)
+    assert api.writer.written == []
+
+
+def test_allowlist_expiry_within_the_horizon_and_label_times_not_in_the_future(tmp_path):
+    import time
+
+    async def scenario(c):
+        r = await c.post(f"{P}/allowlist", headers=auth("ana"),
+                         json={"number": "8613800138000", "reason": "x",
+                               "expires_at": time.time() + 86_400})
+        assert r.status == 201
+        for ts in (1e13, float("inf"), -3):
+            r = await c.post(f"{P}/feedback", headers=auth("ana"), data=(
+                '{"id": "t1", "number": "8613800138000", "label": "robot", "ts": %s}'
+                % ("1e999" if ts == float("inf") else repr(ts))).encode())
+            assert r.status in (400, 422), ts
+    Api(tmp_path).run(scenario)
