@@ -255,3 +255,42 @@ def test_allowlist_expiry_within_the_horizon_and_label_times_not_in_the_future(t
                 % ("1e999" if ts == float("inf") else repr(ts))).encode())
             assert r.status in (400, 422), ts
     Api(tmp_path).run(scenario)
+
+
+# -- 9. unhandled errors, token names, headers -----------------------------------------------
+@pytest.mark.parametrize("body, status, message", [
+    ({"name": "eve", "role": ["admin"]}, 400, "role must be one of"),
+    ({"name": "eve", "role": {"admin": 1}}, 400, "role must be one of"),
+    ({"name": ["eve"], "role": "viewer"}, 400, "token name must be"),
+    ({"name": "guard", "role": "admin"}, 400, "reserved"),
+    ({"name": "Guard", "role": "admin"}, 400, "reserved"),
+    ({"name": "gu4rd".replace("4", "a").replace("a", "\u0430"), "role": "admin"}, 400,
+     "token name must be"),  # Cyrillic a
+    ({"name": "adam", "role": "viewer"}, 400, "read-only"),
+    ({"name": "ad4m", "role": "viewer"}, 201, ""),
+    ({"name": "vera.ops", "role": "viewer"}, 201, ""),
+])
+def test_token_create_refuses_bad_roles_and_names_with_a_400(tmp_path, body, status, message):
+    async def scenario(c):
+        r = await c.post(f"{P}/tokens", headers=auth("adam"), json=body)
+        answer = await r.json()
+        assert r.status == status, answer
+        if message:
+            assert message in answer["error"]
+    Api(tmp_path).run(scenario)
+
+
+def test_token_names_that_look_like_existing_ones_are_refused(tmp_path):
+    async def scenario(c):
+        assert (await c.post(f"{P}/tokens", headers=auth("adam"),
+                             json={"name": "alice", "role": "viewer"})).status == 201
+        for alike in ("aIice", "ALICE", "al1ce", "a1ice"):
+            r = await c.post(f"{P}/tokens", headers=auth("adam"),
+                             json={"name": alike, "role": "admin"})
+            assert r.status == 400 and "looks like the existing 'alice'" in \
+                (await r.json())["error"], alike
+        r = await c.post(f"{P}/tokens", headers=auth("adam"),
+                         json={"name": "5ystem", "role": "admin"})
+        assert r.status == 400 and "reserved" in (await r.json())["error"]
+    Api(tmp_path).run(scenario)
+
