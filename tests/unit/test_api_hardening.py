@@ -294,3 +294,20 @@ def test_token_names_that_look_like_existing_ones_are_refused(tmp_path):
         assert r.status == 400 and "reserved" in (await r.json())["error"]
     Api(tmp_path).run(scenario)
 
+
+def test_security_headers_are_sent_on_every_answer(tmp_path):
+    from services.api.app import SECURITY_HEADERS
+
+    async def scenario(c):
+        for path, headers, status in (("/", {}, 200), ("/console/app.js", {}, 200),
+                                      ("/healthz", {}, 200), (f"{P}/whoami", {}, 401),
+                                      (f"{P}/whoami", auth("vera"), 200),
+                                      ("/no/such/page", {}, 404)):
+            r = await c.get(path, headers=headers)
+            assert r.status == status, path
+            for name, value in SECURITY_HEADERS.items():
+                assert r.headers.get(name) == value, (path, name)
+            assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+            if path.startswith(P):
+                assert r.headers["Cache-Control"] == "no-store"
+    Api(tmp_path).run(scenario)
