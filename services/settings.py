@@ -126,6 +126,9 @@ class Settings:
     #: Where the CLI finds the control API, and the token it presents.
     api_url: str = "http://127.0.0.1:8080"
     api_token: str = ""
+    #: A file holding that token (first line), so it appears neither in ``ps`` (like
+    #: ``--token``) nor in the environment of child processes; read when ``api_token`` is empty.
+    api_token_file: str = ""
     #: Hashed API tokens (JSON, mode 0600); empty: ``<home>/api/tokens.json``.
     api_tokens_file: str = ""
     #: Read-only extra tokens, ``name:role:sha256hex,...`` (e.g. from a secret store).
