@@ -75,3 +75,17 @@ def test_a_bulk_upload_beyond_the_producer_queue_is_published_and_writes_keep_wo
         reader.close()
     ids = {Label.decode(m.value()).id for m in reader.messages}
     assert sum(1 for i in ids if i.startswith(f"{tag}-")) == BULK_ROWS
+
+
+def test_the_real_broker_keeps_its_data_owner_only_and_the_api_sends_security_headers(
+        api, broker_settings):
+    import stat
+    import urllib.request
+
+    data = broker_settings.kafka_dir / "data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700  # phone numbers live in there
+    with urllib.request.urlopen(api.url + "/healthz", timeout=10) as resp:
+        headers = resp.headers
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"

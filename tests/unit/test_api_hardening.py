@@ -122,10 +122,11 @@ def test_a_bulk_file_is_parsed_off_the_event_loop(tmp_path, monkeypatch):
     """While a bulk file is being parsed, /healthz still answers: the parse is held until the
     health check came back, and the order of the two is what is asserted."""
     order: list[str] = []
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     real_parse = routes_data.parse_bulk
 
     def slow_parse(body: bytes, content_type: str):  # type: ignore[no-untyped-def]
+        started.set()
         release.wait(10)
         order.append("parsed")
         return real_parse(body, content_type)
@@ -135,7 +136,8 @@ def test_a_bulk_file_is_parsed_off_the_event_loop(tmp_path, monkeypatch):
         bulk = asyncio.ensure_future(c.post(f"{P}/feedback/bulk",
                                             headers={**auth("ana"), **CSV},
                                             data="id,number,label\nz1,8613800138000,robot\n"))
-        await asyncio.sleep(0)
+        # Once the parse is under way (on the loop, this wait only returns after it ended)...
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
         r = await c.get("/healthz")
         order.append(f"healthz {r.status}")
         release.set()
