@@ -32,6 +32,9 @@ MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 #: Written by ``StorageTool format``; its presence means "formatted, do not format again".
 META_FILE = "meta.properties"
+#: The broker's folders hold every caller and callee number the network saw (and its log and
+#: config): owner only, whatever the umask, also for folders an older version left 0755.
+PRIVATE_DIR_MODE = 0o700
 #: Jars that must be present for the broker to run *and* log (the SLF4J binding).
 REQUIRED_JAR_GLOBS = ("kafka_2.13-*.jar", "log4j-slf4j-impl-*.jar", "log4j-core-*.jar")
 
@@ -184,10 +187,16 @@ class EmbeddedBroker:
     # -- configuration and storage --------------------------------------------------------
     def write_config(self) -> None:
         """(Re)write server.properties and log4j2.properties; ports may change between starts."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.make_private()
         self.config.write_text(server_properties(self.settings.broker_port,
                                                  self.settings.controller_port, self.data))
         self.log4j.write_text(LOG4J2_PROPERTIES)
+
+    def make_private(self) -> None:
+        """Create the data and run folders (or tighten existing ones) owner-only."""
+        for folder in (self.data, self.run_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, PRIVATE_DIR_MODE)
 
     def formatted(self) -> bool:
         return (self.data / META_FILE).exists()

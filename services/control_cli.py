@@ -1,7 +1,9 @@
 """CLI commands of the control plane: ``dialguard api`` and the API's client commands.
 
 Every client command talks to the control API over HTTP (``DIALGUARD_API_URL``,
-``DIALGUARD_API_TOKEN``; ``--url`` / ``--token`` override), so a change made from a terminal
+``DIALGUARD_API_TOKEN`` or ``DIALGUARD_API_TOKEN_FILE``; ``--url`` / ``--token-file`` /
+``--token`` override; ``--token`` is visible to every local user in ``ps``, so the file or the
+environment is the way to pass it), so a change made from a terminal
 is authenticated and audited exactly like one made from the console. Only ``token create``
 also works without a running API (``--local``), writing the tokens file directly: that is how
 the first admin token comes to exist.
@@ -22,10 +24,44 @@ from services.settings import Settings
 Cmd = Callable[[argparse.Namespace, Settings], int]
 ROLES = ("viewer", "analyst", "admin")
 CSV_SUFFIXES = (".csv",)
+#: A token file readable or writable by group or others is refused.
+TOKEN_FILE_FORBIDDEN_BITS = 0o077
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (its first line); a file others may read is refused, like ssh
+    refuses such a key, because the token would not be a secret any more."""
+    file = Path(path).expanduser()
+    try:
+        mode = file.stat().st_mode
+        text = file.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {file}: {exc.strerror}") from None
+    if mode & TOKEN_FILE_FORBIDDEN_BITS:
+        raise ValueError(f"token file {file} is readable by other users (mode "
+                         f"{mode & 0o777:o}); chmod 600 {file}")
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise ValueError(f"token file {file} is empty")
+    return token
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> str:
+    """The token to present, first found: --token, --token-file, DIALGUARD_API_TOKEN,
+    DIALGUARD_API_TOKEN_FILE."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        return read_token_file(args.token_file)
+    if settings.api_token:
+        return settings.api_token
+    if settings.api_token_file:
+        return read_token_file(settings.api_token_file)
+    return ""
 
 
 def _client(args: argparse.Namespace, settings: Settings) -> ApiClient:
-    return ApiClient(args.url or settings.api_url, args.token or settings.api_token)
+    return ApiClient(args.url or settings.api_url, _token(args, settings))
 
 
 def _show(obj: Any) -> None:
@@ -39,8 +75,13 @@ def _read(path: str) -> bytes:
 def _client_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--url", default="", help="control API URL (default DIALGUARD_API_URL)")
+    parent.add_argument("--token-file", default="", metavar="PATH",
+                        help="read the bearer token from this file (mode 0600; default "
+                             "DIALGUARD_API_TOKEN_FILE)")
     parent.add_argument("--token", default="",
-                        help="bearer token (default DIALGUARD_API_TOKEN)")
+                        help="bearer token (default DIALGUARD_API_TOKEN). Visible to every "
+                             "user of this machine in ps and /proc while the command runs: "
+                             "prefer --token-file or DIALGUARD_API_TOKEN")
     return parent
 
 
@@ -278,7 +319,7 @@ def _audit_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- tokens -------------------------------------------------------------------------------
 def _token_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    local = args.local or not (args.token or settings.api_token)
+    local = args.local or not _token(args, settings)
     if local:
         from services.api.auth import TokenStore
 

@@ -95,18 +95,18 @@ def _ensure_default_policy(settings: Settings) -> None:
 def ensure_admin_token(settings: Settings) -> tuple[str, Path]:
     """The local admin token, created on first run; its plaintext is kept (0600) under the
     run folder so the console can be opened again after a restart."""
-    from services.api.auth import TokenStore
+    from services.api.auth import TOKENS_FILE_MODE, TokenStore, write_private
 
     path = settings.run_dir / ADMIN_TOKEN_FILE
     store = TokenStore(settings.api_tokens_path, settings.api_tokens)
     token = path.read_text().strip() if path.exists() else ""
     if token and store.authenticate(token) is not None:
+        # A file written by an older version (or copied around) may be 0644: an admin token
+        # readable by every local user. Opening O_TRUNC keeps a file's mode; chmod does not.
+        os.chmod(path, TOKENS_FILE_MODE)
         return token, path
     token = store.create(ADMIN_TOKEN_NAME, "admin", replace=True)
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    write_private(path, (token + "\n").encode())
     return token, path
 
 

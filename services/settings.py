@@ -144,6 +144,9 @@ class Settings:
     #: Where the CLI finds the control API, and the token it presents.
     api_url: str = "http://127.0.0.1:8080"
     api_token: str = ""
+    #: A file holding that token (first line), so it appears neither in ``ps`` (like
+    #: ``--token``) nor in the environment of child processes; read when ``api_token`` is empty.
+    api_token_file: str = ""
     #: Hashed API tokens (JSON, mode 0600); empty: ``<home>/api/tokens.json``.
     api_tokens_file: str = ""
     #: Read-only extra tokens, ``name:role:sha256hex,...`` (e.g. from a secret store).
@@ -151,6 +154,9 @@ class Settings:
     #: Largest request body accepted; the bulk feedback route has its own, larger, limit.
     api_max_body_bytes: int = 256 * 1024
     api_max_bulk_bytes: int = 16 * 1024 * 1024
+    #: How long one write may take to reach Kafka, waiting for room in the producer's local
+    #: queue included, before the API answers with what was (and was not) published.
+    api_write_timeout_s: float = 30.0
     #: What-if replays the latest score of every number published within this many seconds.
     api_whatif_window_s: float = 3600.0
     #: How often the guard compares live versions' false-positive rate with their target.
@@ -161,9 +167,10 @@ class Settings:
     api_view_max_numbers: int = 200_000
     #: Scoped (range and trunk) targets the analyst may allowlist, block and look up:
     #: shortest range an analyst may block (a 2-digit range would cut off a country) and
-    #: shortest range that may be allowlisted (allowlisting "8" would shield most robots).
+    #: shortest range that may be allowlisted (allowlisting "8" would shield most robots, and
+    #: a country code plus one digit, "861", every mobile number of a country).
     api_min_block_prefix: int = 5
-    api_min_allow_prefix: int = 3
+    api_min_allow_prefix: int = 5
 
     # --- Ingest: HEP/SIP, ISUP, CDR (services/ingest) --------------------------------------
     hep_host: str = "127.0.0.1"

@@ -11,6 +11,7 @@ radius limiter. Every decision carries reasons a person can read.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -42,6 +43,36 @@ BUILTIN_ALLOW: dict[str, str] = {
 SHADOW_SUFFIX = "#shadow"
 #: control.policy key of the global switches (:class:`ControlSwitches`), not a policy.
 SWITCHES_KEY = "#switches"
+
+
+#: A policy name: ASCII letters, digits, '-', '_' and single inner dots, at most 64 characters.
+#: Names become topic keys, audit subjects and URL path segments: no '..', no '/', no '#'
+#: (the shadow and switches keys), no look-alike letters from other scripts.
+POLICY_NAME = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
+#: The longest TTL a policy may give any action of any scope: an action outliving a month
+#: is a typing error (an epoch time where seconds were meant, 2**64-1), not a decision.
+MAX_POLICY_TTL_S = 30 * 86_400
+#: Shortest do-not-originate prefix: such callers are blocked on sight, without evidence, so
+#: a prefix of a digit or two would block a country's worth of people.
+MIN_DO_NOT_ORIGINATE_DIGITS = 4
+#: E.164 numbers have at most 15 digits; a longer prefix can match nothing.
+MAX_PREFIX_DIGITS = 15
+
+
+def ascii_digits(value: Any) -> bool:
+    """True for a non-empty string of ASCII digits only (``str.isdigit`` also accepts
+    Arabic-Indic, superscript and other digits no switch ever sends)."""
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
+def _number(value: Any) -> bool:
+    """A JSON number that is not a boolean (``True`` is an ``int`` in Python) and is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def shadow_key(name: str) -> str:
@@ -126,14 +157,13 @@ class ScopePolicy:
         for name in ("min_attempts", "min_callers", "min_callees", "min_outcomes",
                      "max_talkers", "min_span_s", "max_blocks_per_min"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not _integer(v) or v < 0:
                 raise PolicyError(f"{where}.{name} must be a non-negative integer, got {v!r}")
         _check_ttls(self.ttl_s, f"{where}.ttl_s")
         for name in ("max_conversation_share", "neighbour_max_conversation_share",
                      "max_heavy_caller_share", "hysteresis"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
-                    or not 0.0 <= v < 1.0:
+            if not _number(v) or not 0.0 <= v < 1.0:
                 raise PolicyError(f"{where}.{name} must be a number in [0, 1), got {v!r}")
         return self
 
@@ -148,9 +178,7 @@ class ScopePolicy:
         if "thresholds" in data:
             data["thresholds"] = _thresholds(data["thresholds"], f"{where}.thresholds")
         if "ttl_s" in data:
-            if not isinstance(data["ttl_s"], Mapping):
-                raise PolicyError(f"{where}.ttl_s must be an object")
-            data["ttl_s"] = {**_default_scope_ttl(), **data["ttl_s"]}
+            data["ttl_s"] = _ttl_map(data["ttl_s"], f"{where}.ttl_s", _default_scope_ttl())
         return cls(**data).validate(where)
 
 
@@ -168,8 +196,21 @@ def _default_scopes() -> dict[str, ScopePolicy]:
 def _check_ttls(ttl_s: Mapping[str, Any], where: str) -> None:
     for action in THRESHOLD_ACTIONS:
         v = ttl_s.get(action)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise PolicyError(f"{where}.{action} must be a positive integer of seconds")
+        if not _integer(v) or not 0 < v <= MAX_POLICY_TTL_S:
+            raise PolicyError(f"{where}.{action} must be a whole number of seconds in "
+                              f"1..{MAX_POLICY_TTL_S} (30 days), got {v!r}")
+
+
+def _ttl_map(obj: Any, where: str, defaults: Mapping[str, int]) -> dict[str, int]:
+    """A TTL object ``{"label": s, "rate_limit": s, "block": s}`` over ``defaults``; a list
+    of pairs (which ``dict()`` would accept) or an unknown action is refused."""
+    if not isinstance(obj, Mapping):
+        raise PolicyError(f"{where} must be an object keyed by {', '.join(THRESHOLD_ACTIONS)}, "
+                          f"got {type(obj).__name__}")
+    unknown = set(obj) - set(THRESHOLD_ACTIONS)
+    if unknown:
+        raise PolicyError(f"{where}: unknown actions {', '.join(sorted(map(str, unknown)))}")
+    return {**defaults, **obj}
 
 
 @dataclass(frozen=True)
@@ -205,36 +246,39 @@ class Policy:
     scopes: dict[str, ScopePolicy] = field(default_factory=_default_scopes)
 
     def validate(self) -> "Policy":
-        if not self.name or not isinstance(self.name, str):
-            raise PolicyError("name must be a non-empty string")
-        if not isinstance(self.version, int) or self.version < 1:
+        if not isinstance(self.name, str) or not POLICY_NAME.match(self.name):
+            raise PolicyError(f"name {self.name!r} must be 1-64 ASCII letters, digits, '-', '_' "
+                              "and single dots inside (no '..', '/', '#')")
+        if not _integer(self.version) or self.version < 1:
             raise PolicyError(f"version must be a positive integer, got {self.version!r}")
         self.thresholds.validate()
         for prefix, t in self.prefix_overrides.items():
-            if not prefix.isdigit():
-                raise PolicyError(f"prefix_overrides key {prefix!r} must be digits")
+            if not ascii_digits(prefix) or len(prefix) > MAX_PREFIX_DIGITS:
+                raise PolicyError(f"prefix_overrides key {prefix!r} must be digits 0-9 (at most "
+                                  f"{MAX_PREFIX_DIGITS})")
             t.validate(f"prefix_overrides[{prefix}]")
         for name in ("min_attempts", "min_distinct", "min_outcomes", "max_blocks_per_min"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not _integer(v) or v < 0:
                 raise PolicyError(f"{name} must be a non-negative integer, got {v!r}")
         _check_ttls(self.ttl_s, "ttl_s")
         for scope, sp in self.scopes.items():
             if scope not in SOURCE_SCOPES:
                 raise PolicyError(f"scopes: {scope!r} is not one of {', '.join(SOURCE_SCOPES)}")
             sp.validate(f"scopes.{scope}")
-        if not isinstance(self.hysteresis, (int, float)) or not 0 <= self.hysteresis < 1:
-            raise PolicyError(f"hysteresis must be in [0, 1), got {self.hysteresis!r}")
+        if not _number(self.hysteresis) or not 0 <= self.hysteresis < 1:
+            raise PolicyError(f"hysteresis must be a number in [0, 1), got {self.hysteresis!r}")
         if not isinstance(self.dry_run, bool):
             raise PolicyError("dry_run must be true or false")
         for p in self.do_not_originate:
-            if not isinstance(p, str) or not p.isdigit():
-                raise PolicyError(f"do_not_originate entry {p!r} must be digits")
-        if not isinstance(self.fp_target, (int, float)) or isinstance(self.fp_target, bool) \
-                or not math.isfinite(self.fp_target) or not 0.0 <= self.fp_target <= 1.0:
+            if not ascii_digits(p) or \
+                    not MIN_DO_NOT_ORIGINATE_DIGITS <= len(p) <= MAX_PREFIX_DIGITS:
+                raise PolicyError(f"do_not_originate entry {p!r} must be "
+                                  f"{MIN_DO_NOT_ORIGINATE_DIGITS}-{MAX_PREFIX_DIGITS} digits 0-9 "
+                                  "(its callers are blocked on sight)")
+        if not _number(self.fp_target) or not 0.0 <= self.fp_target <= 1.0:
             raise PolicyError(f"fp_target must be a number in [0, 1], got {self.fp_target!r}")
-        if not isinstance(self.fp_min_labels, int) or isinstance(self.fp_min_labels, bool) \
-                or self.fp_min_labels < 1:
+        if not _integer(self.fp_min_labels) or self.fp_min_labels < 1:
             raise PolicyError(f"fp_min_labels must be a positive integer, got "
                               f"{self.fp_min_labels!r}")
         return self
@@ -272,13 +316,22 @@ class Policy:
             if "thresholds" in data:
                 data["thresholds"] = _thresholds(data["thresholds"], "thresholds")
             if "prefix_overrides" in data:
+                overrides = data["prefix_overrides"]
+                if not isinstance(overrides, Mapping):
+                    raise PolicyError("prefix_overrides must be an object keyed by prefix "
+                                      f"digits, got {type(overrides).__name__}")
                 data["prefix_overrides"] = {
-                    str(k): _thresholds(v, f"prefix_overrides[{k}]")
-                    for k, v in dict(data["prefix_overrides"]).items()}
+                    k: _thresholds(v, f"prefix_overrides[{k}]") for k, v in overrides.items()}
             if "ttl_s" in data:
-                data["ttl_s"] = {**Policy().ttl_s, **dict(data["ttl_s"])}
+                data["ttl_s"] = _ttl_map(data["ttl_s"], "ttl_s", Policy().ttl_s)
             if "do_not_originate" in data:
-                data["do_not_originate"] = tuple(data["do_not_originate"])
+                dno = data["do_not_originate"]
+                # A string or an object is iterable too: "86400" would become five one-digit
+                # prefixes, blocking on sight every caller starting with 8, 6, 4 or 0.
+                if not isinstance(dno, (list, tuple)):
+                    raise PolicyError("do_not_originate must be a list of prefix strings, "
+                                      f"got {type(dno).__name__}")
+                data["do_not_originate"] = tuple(dno)
             if "scopes" in data:
                 if not isinstance(data["scopes"], Mapping):
                     raise PolicyError("scopes must be an object keyed by prefix, trunk")

@@ -1,7 +1,7 @@
 """The control API application: app factory, middlewares, and ``dialguard api``.
 
-Middlewares, outermost first: metrics (every request counted by route template, method and
-status, timed by route), errors (any exception becomes ``{"error": ...}`` with a 4xx, or a 500
+Middlewares, outermost first: security headers (every answer, errors included), metrics (every
+request counted by route template, method and status, timed by route), errors (any exception becomes ``{"error": ...}`` with a 4xx, or a 500
 whose details go to the log, never to the client), auth (``/api/v1/...`` needs a bearer token
 whose role reaches the handler's ``required_role``).
 """
@@ -21,8 +21,10 @@ from services.api import metrics
 from services.api.auth import Identity, TokenStore
 from services.api.errors import ApiError, BadRequest, Forbidden, TooLarge, Unauthorized
 from services.api.guard import Guard
-from services.api.ops import Operations, Writer
+from services.api.logsafe import loggable
+from services.api.ops import Operations
 from services.api.views import ViewFeed, Views
+from services.api.writer import Writer
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,20 @@ API_PREFIX = "/api/v1/"
 #: How long startup waits for the views to catch up with the topics before serving anyway.
 CATCHUP_TIMEOUT_S = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The console's Content-Security-Policy. As an HTTP header (not only the page's meta tag) it
+#: covers every answer, and ``frame-ancestors`` (ignored in a meta tag) forbids framing the
+#: console into another site (clickjacking a kill switch).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
+                           "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+#: API answers hold phone numbers and tokens: no cache (browser or proxy) keeps them.
+API_CACHE_CONTROL = "no-store"
 
 
 @dataclass
@@ -102,6 +118,21 @@ def _route_of(request: web.Request) -> str:
 
 
 @web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler
+                                      ) -> web.StreamResponse:
+    """The same security headers on every answer, whatever produced it."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # < 400 (redirects): errors are answers already
+        exc.headers.update(SECURITY_HEADERS)
+        raise
+    response.headers.update(SECURITY_HEADERS)
+    if request.path.startswith(API_PREFIX):
+        response.headers["Cache-Control"] = API_CACHE_CONTROL
+    return response
+
+
+@web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
@@ -123,7 +154,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return json_response({"error": exc.message}, exc.status)
+        return json_response({**exc.details, "error": exc.message}, exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -134,7 +165,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except Exception:  # noqa: BLE001 - the client gets no trace; the log gets all of it
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, loggable(request.path))
         return json_response({"error": "internal error (logged on the server)"}, 500)
 
 
@@ -191,7 +222,8 @@ def create_app(settings: Settings, views: Views | None = None, ops: Operations |
     ops = ops or Operations(settings, views, Writer(settings))
     tokens = tokens or TokenStore(settings.api_tokens_path, settings.api_tokens)
     app = web.Application(client_max_size=settings.api_max_body_bytes,
-                          middlewares=[metrics_middleware, error_middleware, auth_middleware])
+                          middlewares=[security_headers_middleware, metrics_middleware,
+                                       error_middleware, auth_middleware])
     app[CTX] = Context(settings, views, ops, tokens,
                        Guard(ops, settings.api_guard_interval_s),
                        ViewFeed(settings, views) if with_feed else None)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     status = 400
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: Extra fields of the answer beside "error" (e.g. what a partial write did publish).
+        self.details = dict(details or {})
         if status is not None:
             self.status = status
 
@@ -39,3 +44,9 @@ class TooLarge(ApiError):
 
 class Unprocessable(ApiError):
     status = 422
+
+
+class Unavailable(ApiError):
+    """Kafka did not take (all of) a write: the message and ``details`` say what happened."""
+
+    status = 503

@@ -73,8 +73,9 @@ def document() -> dict[str, Any]:
     counts = {"type": "object", "properties": {a: {"type": "integer"}
                                                for a in ("label", "rate_limit", "block")}}
     paths: dict[str, Any] = {
-        "/healthz": {"get": _op("liveness; caught_up once the views read the topics", None,
-                                _json(OBJ), errors=(503,))},
+        "/healthz": {"get": _op("liveness; caught_up once the views read the topics; writes: "
+                                "whether Kafka takes the API's records (503 when the views "
+                                "stopped or writes fail)", None, _json(OBJ), errors=(503,))},
         "/": {"get": _op("the analyst console page", None,
                          {"description": "HTML", "content": {"text/html": {}}}, errors=(404,))},
         "/console/{file}": {"get": _op("console static assets", None,
@@ -140,7 +141,9 @@ def document() -> dict[str, Any]:
                                              "trunk": {"type": "string",
                                                        "description": "<switch>/<trunk>"},
                                              "reason": REASON, "ttl_s": {"type": "integer"},
-                                             "expires_at": {"type": "number"}}},
+                                             "expires_at": {
+                                                 "type": "number", "description":
+                                                 "epoch seconds, future, <= 366 days ahead"}}},
                         errors=(400,), status="201")},
         "/api/v1/allowlist/trunk/{switch}/{trunk}": {"delete": _op(
             "remove a trunk entry", "analyst", _json(OBJ),
@@ -202,10 +205,12 @@ def document() -> dict[str, Any]:
                                          params=[LIMIT], errors=(400,))},
         "/api/v1/feedback": {"post": _op(
             "one label, idempotent by id", "analyst", _json(OBJ), body=_ref("LabelIn"),
-            errors=(400, 422))},
+            errors=(400, 422, 503))},
         "/api/v1/feedback/bulk": {"post": _op(
-            "labels from CSV (header row) or JSON lines; idempotent by id", "analyst",
-            _json(OBJ), body={"type": "string"}, errors=(400, 413),
+            "labels from CSV (header row) or JSON lines, at most 200,000 rows; idempotent by "
+            "id; answers accepted, duplicates, rejected (first 100) and rejected_total, and "
+            "when Kafka took only part: 503 with failed and failed_total", "analyst",
+            _json(OBJ), body={"type": "string"}, errors=(400, 413, 503),
             body_types=("text/csv", "application/x-ndjson"))},
         "/api/v1/appeals": {
             "get": _op("appeals, newest first", "viewer", _json(OBJ),

@@ -13,28 +13,28 @@ import math
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
-
-from confluent_kafka import Producer
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
 from services.api.auth import Identity
-from services.api.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from services.api.errors import (BadRequest, Conflict, Forbidden, NotFound, Unavailable,
+                                 Unprocessable)
+from services.api.logsafe import loggable
 from services.api.targets import check_prefix, check_trunk, trunk_key
 from services.api.views import APPEAL_SUBJECT, Views
+from services.api.writer import (MAX_REPORTED_FAILURES, MemoryWriter, Record, RecordWriter,
+                                 WriteResult, Writer)
 from services.settings import Settings
 from streams.numbers import InvalidNumber, NumberPlan
-from streams.policy import (BUILTIN_ALLOW, SWITCHES_KEY, THRESHOLD_ACTIONS, ControlSwitches,
-                            Policy, PolicyError, shadow_key)
+from streams.policy import (BUILTIN_ALLOW, POLICY_NAME, SWITCHES_KEY, ControlSwitches, Policy,
+                            PolicyError, shadow_key)
 from streams.schema import LABEL_TARGET, AllowEntry, AuditRecord, Decision, Label
 from streams.scope import (SCOPE_PREFIX, SCOPE_TRUNK, CallMatch, ScopeError, decision_key,
                            split_trunk_id)
-from streams.sink import producer_config
 from streams.topics import ALLOWLIST, AUDIT, DECISIONS, FEEDBACK, POLICY, POLICY_HISTORY
 
 log = logging.getLogger(__name__)
 
-FLUSH_TIMEOUT_S = 15.0
 #: How long a write waits for the views to see it before answering anyway (and logging it).
 VISIBLE_TIMEOUT_S = 10.0
 MAX_REASON_LEN = 500
@@ -50,6 +50,8 @@ APPEAL_OUTCOMES = ("upheld", "denied")
 APPEAL_LABEL = {"upheld": "appeal_upheld", "denied": "appeal_denied"}
 #: The longest TTL a manual block or allowlist entry may be given (a year).
 MAX_TTL_S = 366 * 86_400
+#: Label ids listed in the audit record of a bulk intake (the count is always complete).
+MAX_AUDITED_IDS = 100
 #: Manual block TTL when the analyst gives none.
 DEFAULT_MANUAL_TTL_S = 3600
 
@@ -74,17 +76,23 @@ def positive_int(value: Any, what: str, maximum: int = MAX_TTL_S) -> int:
     return int(value)
 
 
+def future_epoch(value: Any, what: str, now: float, horizon_s: int = MAX_TTL_S) -> float:
+    """An epoch time in seconds after ``now`` and at most ``horizon_s`` later. Beyond it is a
+    typing error (milliseconds for seconds: 1e13 is the year 318857), and such a value once
+    made the console's date formatter throw for every analyst."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or not now < value <= now + horizon_s:
+        raise BadRequest(f"{what} must be an epoch time in seconds, in the future and at most "
+                         f"{horizon_s // 86_400} days ahead; got {value!r}")
+    return float(value)
+
+
 def candidate_policy(name: str, body: Any, version: int = 1, author: str = "",
                      reason: str = "") -> Policy:
     """A policy from a request body, validated (422 names the field); server fields set."""
     if not isinstance(body, Mapping):
         raise BadRequest("'policy' must be a JSON object of policy fields")
     obj = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
-    ttl = obj.get("ttl_s")
-    if isinstance(ttl, Mapping):
-        unknown = set(ttl) - set(THRESHOLD_ACTIONS)
-        if unknown:
-            raise Unprocessable(f"ttl_s: unknown actions {', '.join(sorted(map(str, unknown)))}")
     obj.update(name=name, version=version, author=author or "api", reason=reason)
     try:
         return Policy.from_dict(obj)
@@ -95,62 +103,11 @@ def candidate_policy(name: str, body: Any, version: int = 1, author: str = "",
 
 
 def check_policy_name(name: str) -> str:
-    if not name or len(name) > MAX_ID_LEN or "#" in name or ":" in name or \
-            not all(c.isalnum() or c in "-_." for c in name):
-        raise BadRequest(f"policy name {name!r} must be letters, digits, '-', '_', '.'")
+    """A policy name from a URL or a body (the rule is :data:`streams.policy.POLICY_NAME`)."""
+    if not isinstance(name, str) or not POLICY_NAME.match(name):
+        raise BadRequest(f"policy name {name!r} must be 1-64 ASCII letters, digits, '-', '_' "
+                         "and single dots inside (no '..', '/', '#')")
     return name
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    key: str
-    value: bytes | None
-
-
-class Writer:
-    """Produces a batch of records, flushes, and returns where each landed."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.producer = Producer(producer_config(settings))
-
-    def write(self, records: Iterable[Record]) -> list[tuple[str, int, int]]:
-        landed: list[tuple[str, int, int]] = []
-        errors: list[Any] = []
-
-        def on_delivery(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(err)
-            else:
-                landed.append((msg.topic(), msg.partition(), msg.offset()))
-
-        for rec in records:
-            self.producer.produce(rec.topic, key=rec.key.encode(), value=rec.value,
-                                  on_delivery=on_delivery)
-        left = self.producer.flush(FLUSH_TIMEOUT_S)
-        if errors or left:
-            raise RuntimeError(f"could not write control records: {errors or 'flush timeout'}")
-        return landed
-
-
-class MemoryWriter:
-    """Applies records straight to the views (like the worker's MemorySink): for tests and
-    tools that run the API logic without a broker."""
-
-    def __init__(self, views: Views) -> None:
-        self.views = views
-        self.offsets: dict[str, int] = {}
-        self.written: list[Record] = []
-
-    def write(self, records: Iterable[Record]) -> list[tuple[str, int, int]]:
-        landed = []
-        for rec in records:
-            offset = self.offsets.get(rec.topic, -1) + 1
-            self.offsets[rec.topic] = offset
-            self.written.append(rec)
-            self.views.apply(rec.topic, rec.key, rec.value, time.time(), 0, offset)
-            landed.append((rec.topic, 0, offset))
-        return landed
 
 
 def normalise_number(plan: NumberPlan, raw: Any) -> str:
@@ -166,7 +123,7 @@ def normalise_number(plan: NumberPlan, raw: Any) -> str:
 
 class Operations:
     def __init__(self, settings: Settings, views: Views,
-                 writer: Writer | MemoryWriter | None = None) -> None:
+                 writer: RecordWriter | None = None) -> None:
         self.settings = settings
         self.views = views
         self.writer = writer or Writer(settings)
@@ -179,16 +136,59 @@ class Operations:
     # -- plumbing --------------------------------------------------------------------------
     def _commit(self, actor: Identity, action: str, subject: str, reason: str, before: Any,
                 after: Any, records: list[Record]) -> AuditRecord:
+        """Publish ``records``, then audit what was published, then wait for the views.
+
+        Records go first and the audit second, so the audit describes what really reached
+        Kafka: nothing published is a 503 and nothing is audited; part of it is audited as
+        partial (the reason says how much) and answered with a 503 naming what failed.
+        """
+        result = self.writer.write(records) if records else WriteResult([])
+        if records and not result.landed:
+            raise Unavailable(f"nothing was published ({result.first_error()}); retry later",
+                              details={"failed": result.failures()})
+        if not result.ok:
+            reason = (f"{reason} [partial: {len(result.landed)} of {len(records)} records "
+                      "published]")
+        audit = self._audit(actor, action, subject, reason, before, after)
+        self._wait_visible(result)
+        if not result.ok:
+            raise Unavailable(f"only {len(result.landed)} of {len(records)} records were "
+                              f"published ({result.first_error()}); the audit says so",
+                              details={"failed": result.failures()})
+        # User text (reasons, keys) escaped: a CR/LF or ESC must not forge or hide log lines.
+        log.info("%s by %s (%s) on %s: %s", action, loggable(actor.name), actor.role,
+                 loggable(subject), loggable(reason))
+        return audit
+
+    def _audit(self, actor: Identity, action: str, subject: str, reason: str, before: Any,
+               after: Any) -> AuditRecord:
+        """Write one audit record; if even that fails, the record goes to the log in full
+        (the change itself may already be published) and the client gets a 503."""
         audit = AuditRecord(id=uuid.uuid4().hex, at=time.time(), actor=actor.name,
                             role=actor.role, action=action, subject=subject, reason=reason,
                             before=before, after=after)
-        landed = self.writer.write([*records, Record(AUDIT.name, subject, audit.encode())])
-        for topic, partition, offset in landed:
-            if not self.views.wait_for(topic, partition, offset, VISIBLE_TIMEOUT_S):
+        result = self.writer.write([Record(AUDIT.name, subject, audit.encode())])
+        if not result.ok:
+            log.error("audit record not written (%s): %s", result.first_error(),
+                      loggable(audit.encode().decode()))
+            raise Unavailable(f"the audit record of {action} on {subject} could not be "
+                              f"written ({result.first_error()}); it is in the API's log")
+        self._wait_visible(result)
+        return audit
+
+    def _wait_visible(self, result: WriteResult) -> None:
+        """Read-your-writes: wait (bounded) until the views hold the last offset written to
+        each partition (one wait per partition, not per record: bulk writes are large)."""
+        last: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in result.landed.values():
+            last[(topic, partition)] = max(offset, last.get((topic, partition), -1))
+        deadline = time.monotonic() + VISIBLE_TIMEOUT_S
+        for (topic, partition), offset in last.items():
+            if not self.views.wait_for(topic, partition, offset,
+                                       max(0.0, deadline - time.monotonic())):
                 log.warning("views did not see %s[%d]@%d within %.0fs", topic, partition,
                             offset, VISIBLE_TIMEOUT_S)
-        log.info("%s by %s (%s) on %s: %s", action, actor.name, actor.role, subject, reason)
-        return audit
+                return
 
     def audit_only(self, actor: Identity, action: str, subject: str, reason: str, before: Any,
                    after: Any) -> AuditRecord:
@@ -293,11 +293,7 @@ class Operations:
         if body.get("ttl_s") is not None:
             expires_at = now + positive_int(body["ttl_s"], "ttl_s")
         elif body.get("expires_at") is not None:
-            exp = body["expires_at"]
-            if isinstance(exp, bool) or not isinstance(exp, (int, float)) or \
-                    not math.isfinite(exp) or exp <= now:
-                raise BadRequest("expires_at must be a future epoch time in seconds")
-            expires_at = float(exp)
+            expires_at = future_epoch(body["expires_at"], "expires_at", now)
         return key, AllowEntry(number=number, reason=reason, prefix=prefix,
                                expires_at=expires_at, author=actor.name,
                                trunk=trunk is not None)
@@ -454,26 +450,49 @@ class Operations:
             ts = float(ts)
         except (TypeError, ValueError):
             raise Unprocessable(f"ts must be epoch seconds; got {ts!r}") from None
-        if not math.isfinite(ts) or ts <= 0:
-            raise Unprocessable("ts must be a positive epoch time")
+        if not math.isfinite(ts) or ts <= 0 or \
+                ts > time.time() + self.settings.max_future_skew_s:
+            raise Unprocessable(f"ts must be a positive epoch time in seconds, not in the "
+                                f"future; got {obj.get('ts')!r}")
         return Label(number=number, label=kind, ts=ts, id=label_id.strip(), source=source,
                      note=note)
 
-    def add_labels(self, actor: Identity, labels: list[Label]) -> tuple[int, int]:
-        """Publish the labels whose id was never seen; (accepted, duplicates)."""
+    def add_labels(self, actor: Identity, labels: list[Label]) -> "LabelIntake":
+        """Publish the labels whose id was never seen, and audit those that were published.
+
+        A batch the broker takes only in part is reported as such (``failed_total`` and the
+        first failures by id): the published part is audited and stays published, and since
+        label ids make intake idempotent, sending the same file again publishes the rest.
+        """
         with self.lock:
             fresh: dict[str, Label] = {}
             for label in labels:
                 if not self.views.has_label_id(label.id) and label.id not in fresh:
                     fresh[label.id] = label
-            if fresh:
-                records = [Record(FEEDBACK.name, lb.number, lb.encode()) for lb in fresh.values()]
-                subject = f"label/{next(iter(fresh))}" if len(fresh) == 1 else "labels/bulk"
-                after: Any = asdict(next(iter(fresh.values()))) if len(fresh) == 1 else \
-                    {"ids": list(fresh)[:100], "count": len(fresh)}
-                self._commit(actor, "feedback.add", subject, "feedback intake", None, after,
-                             records)
-            return len(fresh), len(labels) - len(fresh)
+            intake = LabelIntake(accepted=0, duplicates=len(labels) - len(fresh))
+            if not fresh:
+                return intake
+            batch = list(fresh.values())
+            result = self.writer.write([Record(FEEDBACK.name, lb.number, lb.encode())
+                                        for lb in batch])
+            intake.failed_total = len(result.failed)
+            intake.failed = [{"id": batch[i].id, "error": err}
+                             for i, err in sorted(result.failed.items())[:MAX_REPORTED_FAILURES]]
+            published = [batch[i] for i in sorted(result.landed)]
+            intake.accepted = len(published)
+            if not published:
+                raise Unavailable(f"no label was published ({result.first_error()}); retry "
+                                  "later (label ids make a retry safe)",
+                                  details=intake.answer())
+            subject = f"label/{published[0].id}" if len(published) == 1 else "labels/bulk"
+            after: Any = asdict(published[0]) if len(published) == 1 and not result.failed \
+                else {"ids": [lb.id for lb in published[:MAX_AUDITED_IDS]],
+                      "count": len(published), "failed": len(result.failed)}
+            reason = "feedback intake" if result.ok else \
+                f"feedback intake [partial: {len(published)} of {len(batch)} published]"
+            self._audit(actor, "feedback.add", subject, reason, None, after)
+            self._wait_visible(result)
+            return intake
 
     # -- appeals ---------------------------------------------------------------------------
     def create_appeal(self, actor: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -529,9 +548,23 @@ class Operations:
         return decided
 
 
+@dataclass
+class LabelIntake:
+    """The answer to a label intake: what was published, seen before, or not published."""
+
+    accepted: int
+    duplicates: int
+    failed_total: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def answer(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates,
+                "failed_total": self.failed_total, "failed": self.failed}
+
+
 def _decision_dict(decision: Decision) -> dict[str, Any]:
     return asdict(decision)
 
 
-__all__ = ["Operations", "Writer", "MemoryWriter", "Record", "candidate_policy", "reason_of",
-           "positive_int", "normalise_number", "MANUAL_POLICY"]
+__all__ = ["Operations", "Writer", "MemoryWriter", "Record", "LabelIntake", "candidate_policy",
+           "reason_of", "positive_int", "normalise_number", "MANUAL_POLICY"]

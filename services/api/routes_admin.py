@@ -21,13 +21,23 @@ ASSET_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    feed = ctx(request).feed
+    """503 when the API would answer wrong (stale views) or cannot write (Kafka does not take
+    its records): a load balancer should send analysts elsewhere, not let them believe a kill
+    switch went through."""
+    c = ctx(request)
+    feed = c.feed
+    writes = await blocking(c.ops.writer.health)
+    body: dict[str, object] = {"ok": True,
+                               "caught_up": bool(feed is None or feed.caught_up.is_set()),
+                               "writes": writes}
     if feed is not None and feed.failed is not None:
         # Stale views would answer wrong; say so to whoever checks health (load balancer).
-        return json_response({"ok": False, "error": f"topic views stopped: {feed.failed}"},
-                             503)
-    return json_response({"ok": True,
-                          "caught_up": bool(feed is None or feed.caught_up.is_set())})
+        return json_response({**body, "ok": False,
+                              "error": f"topic views stopped: {feed.failed}"}, 503)
+    if not writes["ok"]:
+        return json_response({**body, "ok": False,
+                              "error": f"writes are failing: {writes.get('error')}"}, 503)
+    return json_response(body)
 
 
 @routes.get("/")
@@ -72,12 +82,18 @@ async def create_token(request: web.Request) -> web.Response:
     body = await read_object(request)
     c, who = ctx(request), identity(request)
     name, role = body.get("name"), body.get("role")
+    reason = reason_of(body, required=False)
     try:
-        token = c.tokens.create(name, role)  # type: ignore[arg-type]
+        token = await blocking(c.tokens.create, name, role)
     except TokenError as exc:
         raise BadRequest(str(exc)) from None
-    await blocking(c.ops.audit_only, who, "token.create", f"token/{name}",
-                   reason_of(body, required=False), None, {"name": name, "role": role})
+    try:
+        await blocking(c.ops.audit_only, who, "token.create", f"token/{name}",
+                       reason, None, {"name": name, "role": role})
+    except Exception:
+        # No unaudited access: a token whose creation cannot be audited is taken back.
+        await blocking(c.tokens.revoke, name)
+        raise
     return json_response({"name": name, "role": role, "token": token}, 201)
 
 
@@ -87,7 +103,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     c, who, name = ctx(request), identity(request), request.match_info["name"]
     before = next((t for t in c.tokens.listing() if t["name"] == name), None)
     try:
-        revoked = c.tokens.revoke(name)
+        revoked = await blocking(c.tokens.revoke, name)
     except TokenError as exc:
         raise BadRequest(str(exc)) from None
     if not revoked:

@@ -9,13 +9,16 @@ from typing import Any
 from aiohttp import web
 
 from services.api.app import (blocking, ctx, identity, json_response, read_object, requires)
-from services.api.errors import BadRequest, TooLarge, Unprocessable
-from services.api.feedback_io import BulkFormatError, parse_bulk
-from services.api.ops import candidate_policy, check_policy_name, normalise_number, reason_of
+from services.api.auth import Identity
+from services.api.errors import ApiError, BadRequest, TooLarge, Unavailable, Unprocessable
+from services.api.feedback_io import (BulkFormatError, BulkTooManyRows, first_rejections,
+                                      parse_bulk)
+from services.api.ops import (LabelIntake, Operations, candidate_policy, check_policy_name,
+                              normalise_number, reason_of)
 from services.api.present import decision_view
 from services.api.whatif import what_if
 from streams.policy import BUILTIN_ALLOW, Policy
-from streams.schema import Decision
+from streams.schema import Decision, Label
 from streams.scope import parse_key
 
 routes = web.RouteTableDef()
@@ -183,13 +186,35 @@ async def feedback(request: web.Request) -> web.Response:
     body = await read_object(request)
     c, who = ctx(request), identity(request)
     label = c.ops.label_from(body, source_default=f"api:{who.name}")
-    accepted, duplicates = await blocking(c.ops.add_labels, who, [label])
-    return json_response({"accepted": accepted, "duplicates": duplicates})
+    intake: LabelIntake = await blocking(c.ops.add_labels, who, [label])
+    return json_response({"accepted": intake.accepted, "duplicates": intake.duplicates})
+
+
+def _bulk_labels(ops: Operations, who: Identity, body: bytes, content_type: str
+                 ) -> tuple[list[Label], list[dict[str, Any]]]:
+    """Parse and validate a bulk file (in a worker thread: a large file takes seconds of CPU
+    that must not stall the event loop and with it ``/healthz`` and every other request)."""
+    try:
+        rows, rejected = parse_bulk(body, content_type)
+    except BulkFormatError as exc:
+        raise BadRequest(str(exc)) from None
+    except BulkTooManyRows as exc:
+        raise TooLarge(str(exc)) from None
+    labels = []
+    for line, obj in rows:
+        try:
+            labels.append(ops.label_from(obj, source_default=f"bulk:{who.name}"))
+        except (Unprocessable, BadRequest) as exc:
+            rejected.append({"line": line, "error": exc.message})
+    return labels, rejected
 
 
 @routes.post("/api/v1/feedback/bulk")
 @requires("analyst")
 async def feedback_bulk(request: web.Request) -> web.Response:
+    """Answers what was published (``accepted``), seen before (``duplicates``), not valid
+    (``rejected``: the first rows by line, ``rejected_total``) and valid but not published
+    (``failed``, ``failed_total``: then with a 503, the published part stays published)."""
     c, who = ctx(request), identity(request)
     limit = c.settings.api_max_bulk_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -201,19 +226,20 @@ async def feedback_bulk(request: web.Request) -> web.Response:
         if size > limit:
             raise TooLarge(f"bulk body larger than {limit} bytes; split the file")
         chunks.append(chunk)
+    labels, rejected = await blocking(_bulk_labels, c.ops, who, b"".join(chunks),
+                                      request.content_type)
+    answer: dict[str, Any] = {"rejected": first_rejections(rejected),
+                              "rejected_total": len(rejected)}
     try:
-        rows, rejected = parse_bulk(b"".join(chunks), request.content_type)
-    except BulkFormatError as exc:
-        raise BadRequest(str(exc)) from None
-    labels = []
-    for line, obj in rows:
-        try:
-            labels.append(c.ops.label_from(obj, source_default=f"bulk:{who.name}"))
-        except (Unprocessable, BadRequest) as exc:
-            rejected.append({"line": line, "error": exc.message})
-    accepted, duplicates = await blocking(c.ops.add_labels, who, labels) if labels else (0, 0)
-    rejected.sort(key=lambda r: r["line"])
-    return json_response({"accepted": accepted, "duplicates": duplicates, "rejected": rejected})
+        intake = await blocking(c.ops.add_labels, who, labels) if labels else LabelIntake(0, 0)
+    except Unavailable as exc:
+        raise ApiError(exc.message, exc.status, {**exc.details, **answer}) from None
+    answer.update(intake.answer())
+    if intake.failed_total:
+        raise Unavailable(f"{intake.accepted} labels published, {intake.failed_total} not "
+                          f"(Kafka: {intake.failed[0]['error']}); send the file again to "
+                          "publish the rest (label ids make it safe)", details=answer)
+    return json_response(answer)
 
 
 # -- appeals -------------------------------------------------------------------------------

@@ -98,3 +98,15 @@ def test_fetch_is_a_no_op_when_jars_are_present(tmp_path: Path,
         (libs / jar).touch()
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # mvn would be missing
     EmbeddedBroker(settings_for(tmp_path), libs_dir=libs).fetch()
+
+
+def test_broker_folders_are_owner_only(tmp_path: Path) -> None:
+    """The data folder holds phone numbers: 0700, also when an older version left it 0755."""
+    import stat
+
+    broker = EmbeddedBroker(settings_for(tmp_path), data_dir=tmp_path / "kafka" / "data")
+    broker.data.mkdir(parents=True)
+    os.chmod(broker.data, 0o755)
+    broker.write_config()
+    for folder in (broker.data, broker.run_dir):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

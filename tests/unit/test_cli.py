@@ -56,3 +56,33 @@ def test_client_commands_say_clearly_when_no_token_is_set(monkeypatch, capsys):
     monkeypatch.delenv("DIALGUARD_API_TOKEN", raising=False)
     assert main(["policy", "show"]) == 1
     assert "no API token" in capsys.readouterr().err
+
+
+def test_the_token_can_come_from_a_file_or_the_environment_not_only_argv(tmp_path, monkeypatch,
+                                                                         capsys):
+    """--token is visible to every local user in ps; --token-file / DIALGUARD_API_TOKEN_FILE
+    and DIALGUARD_API_TOKEN are not, and --help says so."""
+    import os
+
+    from services.control_cli import _client
+    from services.settings import Settings
+
+    secret = tmp_path / "token"
+    secret.write_text("tok-from-file-0123456789\n")
+    os.chmod(secret, 0o600)
+    monkeypatch.delenv("DIALGUARD_API_TOKEN", raising=False)
+    args = build_parser().parse_args(["policy", "show", "--token-file", str(secret)])
+    assert _client(args, Settings.from_env(environ={})).token == "tok-from-file-0123456789"
+    args = build_parser().parse_args(["policy", "show"])
+    settings = Settings.from_env(environ={"DIALGUARD_API_TOKEN_FILE": str(secret)})
+    assert _client(args, settings).token == "tok-from-file-0123456789"
+    settings = Settings.from_env(environ={"DIALGUARD_API_TOKEN": "tok-env"})
+    assert _client(args, settings).token == "tok-env"
+    os.chmod(secret, 0o644)
+    assert main(["policy", "show", "--token-file", str(secret)]) != 0
+    assert "readable by other users" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["policy", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--token-file" in help_text and "Visible to every user of this machine in ps" in \
+        help_text

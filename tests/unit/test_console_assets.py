@@ -5,9 +5,14 @@ network is ever parsed as HTML (no innerHTML-style sinks in the script).
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+
+import pytest
 
 CONSOLE = Path(__file__).resolve().parents[2] / "services" / "api" / "console"
 #: DOM sinks that parse a string as markup (or code): the console must never use them.
@@ -80,3 +85,25 @@ def test_ids_the_browser_test_relies_on_are_unique_and_present():
                      "apply-reason", "start-shadow", "versions", "allowlist", "fb-submit",
                      "appeals", "lookup-number", "lookup-result"):
         assert required in ids, f"#{required} missing from index.html"
+
+
+def _js_function(name: str) -> str:
+    """The source of one top-level function of app.js (up to the closing brace at column 0)."""
+    text = (CONSOLE / "app.js").read_text()
+    match = re.search(rf"^function {name}\(.*?^}}$", text, re.S | re.M)
+    assert match, f"app.js has no top-level function {name}"
+    return match.group(0)
+
+
+def test_time_formatter_renders_what_it_cannot_format_as_text():
+    """fmtTime(1e13) used to throw (RangeError: Invalid time value) and stop the console."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = (_js_function("asText") + "\n" + _js_function("fmtTime") + "\n" +
+              "console.log(JSON.stringify([1e13, 1795420800, -5, NaN, 'soon', 0, null, 8.64e12]"
+              ".map((v) => { try { return fmtTime(v); } catch (e) { return 'THROWS ' + e; } })));")
+    out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+    assert json.loads(out) == ["10000000000000", "2026-11-23 08:00:00Z", "-5", "NaN", "soon",
+                               "", "", "+275760-09-13 00:00:00Z"]

@@ -75,9 +75,21 @@ function fillRows(tbodyId, rows, emptyText) {
   }
 }
 
+/**
+ * An epoch time in seconds as UTC text. A value no Date can hold (1e13: milliseconds given as
+ * seconds) is shown as it is, as text: toISOString() would throw, and one such allowlist entry
+ * once stopped the whole console from polling, for every analyst.
+ */
 function fmtTime(epoch) {
-  if (typeof epoch !== "number" || !isFinite(epoch) || epoch <= 0) return "";
-  return new Date(epoch * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  if (epoch === null || epoch === undefined || epoch === "" || epoch === 0) return "";
+  if (typeof epoch !== "number" || !isFinite(epoch) || epoch < 0) return asText(epoch);
+  const date = new Date(epoch * 1000);
+  if (isNaN(date.getTime())) return asText(epoch);
+  try {
+    return date.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  } catch (_) {
+    return asText(epoch);
+  }
 }
 
 function fmtScore(v) { return typeof v === "number" && isFinite(v) ? v.toFixed(2) : ""; }
@@ -233,9 +245,14 @@ async function login(token) {
   $("login-panel").hidden = true;
   $("who").hidden = false;
   $("app").hidden = false;
-  await loadPolicyNames();
-  await Promise.all([loadPolicy(), refreshSlow()]);
-  startPolling();
+  try {
+    await loadPolicyNames();
+    await Promise.all([loadPolicy(), refreshSlow()]);
+  } finally {
+    // One panel that cannot render (a value from the network nobody foresaw) must not keep
+    // the live view from ever starting.
+    startPolling();
+  }
 }
 
 function canWrite() { return !!state.who && (ROLE_RANK[state.who.role] ?? -1) >= ROLE_RANK.analyst; }
@@ -255,9 +272,14 @@ function startPolling() {
   stopPolling();
   const tick = async () => {
     state.polls += 1;
-    await Promise.all([refreshDecisions(), refreshCampaigns()]);
-    if (state.polls % SLOW_POLL_EVERY === 0) await refreshSlow();
-    if (state.token) state.pollTimer = setTimeout(tick, DECISIONS_POLL_MS);
+    try {
+      await Promise.all([refreshDecisions(), refreshCampaigns()]);
+      if (state.polls % SLOW_POLL_EVERY === 0) await refreshSlow();
+    } catch (err) {
+      console.error("console refresh failed", err);  // the next tick tries again
+    } finally {
+      if (state.token) state.pollTimer = setTimeout(tick, DECISIONS_POLL_MS);
+    }
   };
   state.pollTimer = setTimeout(tick, 0);
 }
