@@ -60,7 +60,7 @@ def expand(names: list[str]) -> list[CaptureInput]:
             if not files:
                 out.append(CaptureInput(path, f"folder {path} holds no capture files "
                                               f"({', '.join(CAPTURE_SUFFIXES)})"))
-            out.extend(CaptureInput(p) for p in files)
+            out.extend(expand([str(p) for p in files]))  # an empty file in it says so too
         elif not path.exists():
             out.append(CaptureInput(path, f"no such capture file: {path}"))
         elif not path.is_file():

@@ -119,7 +119,14 @@ def _user(uri_text: str) -> str:
     try:
         uri = Address.parse(text).uri if ("<" in text or " " in text) else URI.parse(text)
     except ValueError:
-        return ""
+        # sipmessage refuses a whole name-addr for one odd byte in the display name or a
+        # parameter (a replacement character after tolerant_sip): read the URI alone.
+        inner = text[text.find("<") + 1:text.find(">")] if "<" in text and ">" in text \
+            else text.split(";", 1)[0]
+        try:
+            uri = URI.parse(inner.strip())
+        except ValueError:
+            return ""
     return (uri.user or "").split(";", 1)[0]
 
 

@@ -38,8 +38,8 @@ from services.system import system_tool
 
 SOURCE = "sip-pcap"
 REASON_BAD_FRAME = "bad_frame"
-#: Fields tshark prints per frame, in this order (last occurrence = innermost header, except
-#: the SCTP ones: every DATA chunk).
+#: Fields tshark prints per frame, in this order; every occurrence, joined by AGGREGATOR (the
+#: last is the innermost header; data.data has one per SCTP DATA chunk).
 FIELDS = ("frame.number", "frame.time_epoch", "ip.src", "ipv6.src", "udp.payload",
           "tcp.reassembled.data", "tcp.payload", "frame.protocols", "tcp.dstport",
           "udp.dstport", "data.data")
@@ -51,6 +51,7 @@ DISPLAY_FILTER = 'sip or sctp.data_payload_proto_id or frame contains "SIP/2.0"'
 #: hands its chunks over as bytes.
 TSHARK_PREFS = ("tcp.try_heuristic_first:TRUE", "udp.try_heuristic_first:TRUE",
                 "sctp.ulp_dissection:FALSE")
+AGGREGATOR = ","
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$",
                              re.IGNORECASE | re.MULTILINE)
 _HEADER_END = b"\r\n\r\n"
@@ -61,6 +62,7 @@ _SIP_START = re.compile(rb"^(?:[A-Z]{3,10} sips?:\S+ SIP/2\.0\r?\n|SIP/2\.0 \d{3
 # Why a frame gives no SIP message (ignored, counted).
 WHY_SIP_OTHER_PORT = "sip_like_not_decoded"
 WHY_SCTP_NOT_SIP = "sctp_not_sip"
+WHY_NOT_SIP = "not_sip"  # "SIP/2.0" somewhere in a payload that does not start like SIP
 
 
 @dataclass(slots=True)
@@ -88,7 +90,7 @@ class NotSip:
 
 def tshark_command(tshark: str, path: Path, sip_ports: tuple[int, ...] = ()) -> list[str]:
     cmd = [tshark, "-n", "-r", str(path), "-Y", DISPLAY_FILTER, "-T", "fields",
-           "-E", "occurrence=l", "-E", "separator=/t"]
+           "-E", "occurrence=a", "-E", f"aggregator={AGGREGATOR}", "-E", "separator=/t"]
     for pref in TSHARK_PREFS:
         cmd += ["-o", pref]
     for port in sip_ports:
@@ -149,23 +151,28 @@ def parse_line(line: str) -> Frame | NotSip:
     cols = line.rstrip("\n").split("\t")
     if len(cols) != len(FIELDS):
         raise ValueError(f"{len(cols)} columns, expected {len(FIELDS)}")
-    (number_text, epoch, ip4, ip6, udp, tcp_whole, tcp_seg, protocols, tcp_port, udp_port,
-     sctp_data) = cols
+    chunks = [c for c in cols[-1].split(AGGREGATOR) if c]
+    (number_text, epoch, ip4, ip6, udp, tcp_whole, tcp_seg, protocols, tcp_port,
+     udp_port) = (c.rsplit(AGGREGATOR, 1)[-1] for c in cols[:-1])
     number = int(number_text)
     layers = protocols.split(":")
+    src = ip4 or ip6 or None
     if "sctp" in layers and not udp and not tcp_seg:
-        data = binascii.unhexlify(sctp_data.replace(":", "")) if sctp_data else b""
-        if not looks_like_sip(data):
+        sip = [binascii.unhexlify(c) for c in chunks]
+        sip = [m for m in sip if looks_like_sip(m)]
+        if not sip:
             return NotSip(number, WHY_SCTP_NOT_SIP, "sctp")
-        return Frame(number, float(epoch), ip4 or ip6 or None, data)
+        return Frame(number, float(epoch), src, b"".join(sip), messages=sip)
     hex_data = udp or tcp_whole or tcp_seg
     if not hex_data:
         raise ValueError("no UDP payload or TCP data")
     data = binascii.unhexlify(hex_data.replace(":", ""))
     if "sip" not in layers:
+        if not looks_like_sip(data):
+            return NotSip(number, WHY_NOT_SIP)
         transport, port = ("udp", udp_port) if udp else ("tcp", tcp_port)
         return NotSip(number, WHY_SIP_OTHER_PORT, transport, int(port or 0))
-    frame = Frame(number, float(epoch), ip4 or ip6 or None, data)
+    frame = Frame(number, float(epoch), src, data)
     if "websocket" in layers:
         frame.messages = [m for ws in websocket_messages(data) for m in split_messages(ws)]
     return frame
@@ -229,7 +236,7 @@ def frames(path: Path, sip_ports: tuple[int, ...] = ()
 def port_hint(other_ports: Tally[tuple[str, int]]) -> str:
     """The summary's hint when frames looked like SIP on ports tshark did not decode."""
     parts = ", ".join(f"{n} on {t} port {p}" for (t, p), n in other_ports.most_common())
-    ports = " ".join(f"--sip-port {p}" for _, p in sorted({p for _, p in other_ports}))
+    ports = " ".join(f"--sip-port {p}" for p in sorted({p for _, p in other_ports}))
     return f"SIP-like payloads not decoded as SIP: {parts}; to read them add {ports}"
 
 
