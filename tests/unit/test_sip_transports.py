@@ -148,3 +148,25 @@ def test_sip_in_bundled_sctp_chunks_is_every_chunk_and_other_chunks_are_counted(
                                                                    [one, two])
     assert sip_pcap.parse_line(line(b"\x01\x00\x03\x01")) == sip_pcap.NotSip(9, "sctp_not_sip",
                                                                             "sctp")
+
+
+def test_hep_from_a_hepgen_style_agent_with_bare_lf_makes_the_call():
+    """The HEP collector parses with the same repairs: a bare-LF INVITE/200/BYE over IPv6
+    becomes attempt, answer, release, nothing dead-lettered."""
+    from services.ingest import hep
+    from services.ingest.hep_collector import HepCollector
+
+    sink, producer = recording_sink("hep")
+    collector = HepCollector(Settings.from_env(environ={}), sink, switch="sw-hep")
+    m = GEN.call_messages("hepgen", 5, eol=b"\n", host="2001:db8::2")
+    for dt, name in ((0, "INVITE"), (2, "200"), (9, "BYE")):
+        packet = hep.HepPacket(payload=m[name], ts_sec=int(T0) + dt, ip_family=hep.AF_INET6,
+                               src_ip="2001:db8::1", dst_ip="2001:db8::2", src_port=5060,
+                               dst_port=5060, capture_id=2001)
+        collector.datagram(hep.encode(packet))
+    assert [(e.kind, e.ts, e.caller, e.callee, e.duration_s, e.trunk, e.switch)
+            for e in producer.events()] == [
+        ("attempt", T0, "+8613800138005", "+8613900139005", None, "2001:db8::1", "sw-hep"),
+        ("answer", T0 + 2, "+8613800138005", "+8613900139005", None, "2001:db8::1", "sw-hep"),
+        ("release", T0 + 9, "+8613800138005", "+8613900139005", 7.0, "2001:db8::1", "sw-hep")]
+    assert producer.dead() == []
