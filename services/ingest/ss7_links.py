@@ -2,7 +2,7 @@
 
 tshark does the link work: the capture formats (pcap, pcapng), link layers, IP fragments, SCTP
 (its chunks, and the reassembly of a user message fragmented over several DATA chunks), M2PA
-(RFC 4165), M2UA (RFC 3331) and MTP2 (link types MTP2, MTP2 with pseudo-header, MTP3). Its M3UA
+(RFC 4165), M2UA (RFC 3331) and MTP2 (link types MTP2 and MTP2 with pseudo-header). Its M3UA
 and MTP3 dissectors are switched off, so what those links carry comes out as raw bytes
 (``data.data``): a whole M3UA message (decoded by :mod:`services.ingest.mtp3` in any of its
 encodings) or an MTP3 MSU (SIO + routing label + ISUP). Which carrier a payload came in is the
@@ -44,6 +44,9 @@ WHY_LINK_STATUS = "ss7_link_status"       # M2PA link status, M2UA management, F
 WHY_SCTP_FRAGMENT = "sctp_fragment"       # read when the message's last fragment comes
 WHY_SUA = "sua_not_isup"                  # SUA carries SCCP, never ISUP
 WHY_OTHER_PPID = "sctp_not_ss7"           # SCTP DATA of another protocol (Diameter, ...)
+#: Link type MTP3 (bare MSUs, no MTP2): with tshark's MTP3 dissector off its frames come out
+#: with no bytes at all, so they are counted, not read (see the README's capture table).
+WHY_MTP3_LINKTYPE = "mtp3_linktype_unread"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,8 @@ def payloads_from_fields(line: str) -> list[Payload | Skip]:
             out.append(Skip(frame, WHY_OTHER_PPID))
     if out:
         return out
+    if encap_text == str(ENCAP_MTP3):
+        return [Skip(frame, WHY_MTP3_LINKTYPE)]
     if "0" in ends_text.split(","):
         return [Skip(frame, WHY_SCTP_FRAGMENT)]
     if PPID_SUA in ppids or ":sua" in protocols:

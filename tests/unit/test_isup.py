@@ -290,6 +290,7 @@ def test_tshark_field_line_names_each_payloads_carrier_or_why_the_frame_has_none
     assert payloads_from_fields(m2pa) == [Payload(8, 1.0, "m2pa", b"\x85\xaa")]
     assert payloads_from_fields("9\t1\tmtp2:data\t42\t\t\t85\n")[0].carrier == "mtp2"
     assert payloads_from_fields("9\t1\tdata\t43\t\t\t85\n")[0].carrier == "mtp3"
+    assert payloads_from_fields("9\t1\t\t43\t\t\t\n") == [Skip(9, "mtp3_linktype_unread")]
     cases = {"eth:ethertype:ip:sctp\t1\t3\t0\t": "sctp_fragment",
              "eth:ethertype:ip:sctp:m2pa\t1\t5\t1\t": "ss7_link_status",
              "mtp2\t42\t\t\t": "ss7_link_status",
