@@ -50,7 +50,8 @@ WHY_ISUP_OTHER = "isup_other"
 __all__ = ["DecodeError", "IsupParser", "REASON_BAD_ISUP", "REASON_BAD_M3UA",
            "REASON_BAD_MTP3", "address_signals", "decode_isup", "decode_m3ua", "q850_cause"]
 
-IsupDecoder = Callable[[bytes, float, int, int, "str | None"], "IsupMessage | None"]
+#: ISUP reader per standard: (user data, frame time, OPC, DPC, switch) -> message or None.
+IsupDecoder = Callable[[bytes, float, int, int, str | None], IsupMessage | None]
 DECODERS: dict[str, IsupDecoder] = {ITU: decode_isup, ANSI: decode_ansi_isup}
 
 
