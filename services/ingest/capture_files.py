@@ -104,8 +104,8 @@ def _delta(after: Tally[str], before: Tally[str]) -> Tally[str]:
     return Tally({k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)})
 
 
-#: Reads one file into the sink; returns the number of frames it read and notes to print
-#: (e.g. a hint about SIP on an unexpected port). Raises RuntimeError/OSError if it cannot.
+#: Reads one file into the sink, filling the report's frame count and notes (e.g. a hint
+#: about SIP on an unexpected port); raises RuntimeError/OSError if it cannot read it all.
 FileReader = Callable[[Path, FileReport], None]
 
 

@@ -54,7 +54,6 @@ TSHARK_PREFS = ("tcp.try_heuristic_first:TRUE", "udp.try_heuristic_first:TRUE",
 AGGREGATOR = ","
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$",
                              re.IGNORECASE | re.MULTILINE)
-_HEADER_END = b"\r\n\r\n"
 _HEADER_END_ANY = re.compile(rb"\r?\n\r?\n")
 #: The start of a SIP request or response (used on payloads tshark did not call SIP).
 _SIP_START = re.compile(rb"^(?:[A-Z]{3,10} sips?:\S+ SIP/2\.0\r?\n|SIP/2\.0 \d{3} )")
