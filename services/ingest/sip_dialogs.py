@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 import orjson
 from sipmessage import Address, CSeq, Message, Request, URI
 
+from services.ingest.sip_text import tolerant_sip
 from streams.schema import ATTESTATIONS, InvalidEvent, SignalingEvent
 
 PROTO = "sip"
@@ -118,7 +119,14 @@ def _user(uri_text: str) -> str:
     try:
         uri = Address.parse(text).uri if ("<" in text or " " in text) else URI.parse(text)
     except ValueError:
-        return ""
+        # sipmessage refuses a whole name-addr for one odd byte in the display name or a
+        # parameter (a replacement character after tolerant_sip): read the URI alone.
+        inner = text[text.find("<") + 1:text.find(">")] if "<" in text and ">" in text \
+            else text.split(";", 1)[0]
+        try:
+            uri = URI.parse(inner.strip())
+        except ValueError:
+            return ""
     return (uri.user or "").split(";", 1)[0]
 
 
@@ -233,9 +241,11 @@ def trunk_of(contact: str | None, source: str | None,
 def parse_sip(payload: bytes, ts: float, trunk: str | None = None,
               switch: str | None = None, tgrp_peers: TgrpPeers = NO_TGRP_PEERS) -> SipMessage:
     """One SIP message (bytes as captured) -> :class:`SipMessage`, or :class:`SipError`;
-    ``trunk`` is where it came from, replaced on an INVITE by :func:`trunk_of`."""
+    ``trunk`` is where it came from, replaced on an INVITE by :func:`trunk_of`. Bare LF,
+    bytes that are not UTF-8 and unbracketed IPv6 hosts are repaired first
+    (:func:`services.ingest.sip_text.tolerant_sip`): a call is never lost to them."""
     try:
-        msg = Message.parse(payload)
+        msg = Message.parse(tolerant_sip(payload))
         call_id = msg.headers.get("Call-ID")
         cseq_text = msg.headers.get("CSeq")
         if not call_id:

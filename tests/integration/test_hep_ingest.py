@@ -292,6 +292,29 @@ def test_sip_pcap_replay_publishes_the_same_calls(broker_settings, events_reader
     check_recorded_calls(events)
 
 
+def test_sip_pcap_reads_every_file_and_transport(broker_settings, events_reader, tmp_path):
+    """A missing file and an empty one do not stop the capture of SIP over TCP 6060,
+    WebSocket, SCTP and untidy UDP/IPv6 after them; each file has its line; exit 1."""
+    switch = f"pcap-{uuid.uuid4().hex[:8]}"
+    empty = tmp_path / "empty.pcap"
+    empty.touch()
+    done = subprocess.run([sys.executable, "-m", "services.cli", "ingest", "sip-pcap",
+                           "/nonexistent/capture.pcap", str(empty),
+                           str(FIXTURES / "sip_transports.pcap"), "--switch", switch],
+                          cwd=REPO_ROOT, env=_env(broker_settings, ""), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "no such capture file: /nonexistent/capture.pcap" in done.stderr
+    assert f"{empty} is empty (0 bytes)" in done.stderr
+    assert "sip_transports.pcap: 10 SIP frames, 10 events published" in done.stderr
+    events = read_events(events_reader, switch, 10)
+    assert sorted((e["call_id"], e["kind"]) for e in events) == sorted(
+        [("tcp6060@dialguard", k) for k in ("attempt", "answer", "release")]
+        + [("ws@dialguard", k) for k in ("attempt", "fail")]
+        + [("sctp@dialguard", k) for k in ("attempt", "fail")]
+        + [("untidy@dialguard", k) for k in ("attempt", "answer", "release")])
+
+
 def test_sip_pcap_of_a_missing_file_fails_clearly(broker_settings):
     done = subprocess.run([sys.executable, "-m", "services.cli", "ingest", "sip-pcap",
                            "/nonexistent/capture.pcap"], cwd=REPO_ROOT,

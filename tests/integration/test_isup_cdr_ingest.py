@@ -143,6 +143,44 @@ def test_isup_pcap_cli_fails_loudly_on_a_file_tshark_cannot_read(broker_settings
     assert b"tshark could not read all of" in done.stderr
 
 
+def test_isup_pcap_cli_reads_every_link_type_and_every_file_after_a_bad_one(broker_settings,
+                                                                          tmp_path):
+    """M2PA, M2UA (pcapng), the M3UA drafts, MTP2 and a fragmented IAM, after a file tshark
+    cannot read: every good file is published, each file has its line, the exit status says
+    one file could not be read, and the undecodable SS7 is dead-lettered with its reason."""
+    bogus = tmp_path / "broken.pcap"
+    bogus.write_bytes(b"plain text, no capture here\n")
+    ss7 = FIXTURES / "ss7"
+    names = ["m2pa.pcap", "m2ua.pcapng", "m3ua_drafts.pcap", "mtp2.pcap",
+             "sctp_fragmented.pcap", "undecodable.pcap"]
+    done, events, dead = ingest(broker_settings, 3 + 2 + 7 + 3 + 2, 2, "isup-pcap", str(bogus),
+                                *(str(ss7 / n) for n in names), "--switch", "sw-links")
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert f"ERROR {bogus}: NOT READ: tshark could not read all of" in err
+    assert "Running as user" not in err
+    for name, count in zip(names, (3, 2, 7, 3, 2, 0)):
+        assert f"{ss7 / name}: " in err and f"{name}: " in err
+        line = next(ln for ln in err.splitlines() if f"{ss7 / name}: " in ln)
+        assert f" {count} events published" in line, line
+    cics = sorted({int(e.call_id.split("-")[2]) for e in events})
+    assert cics == [11, 12, 13, 14, 15, 16, 17]
+    assert {e.switch for e in events} == {"sw-links"} and {e.proto for e in events} == {"isup"}
+    assert sorted(h[DLQ_HEADER_REASON] for _, h in dead) == ["bad_isup", "bad_m3ua"]
+    assert all("undecodable.pcap frame " in h[DLQ_HEADER_DETAIL] for _, h in dead)
+
+
+def test_isup_pcap_cli_ansi(broker_settings):
+    done, events, dead = ingest(broker_settings, 3, 0, "isup-pcap",
+                                str(FIXTURES / "ss7" / "ansi.pcap"), "--standard", "ansi")
+    assert done.returncode == 0, done.stderr.decode()
+    assert [(e.kind, e.caller, e.callee, e.duration_s) for e in events] == [
+        ("attempt", "862125550123", "863105550199", None),
+        ("answer", "862125550123", "863105550199", None),
+        ("release", "862125550123", "863105550199", 15.0)]
+    assert {e.switch for e in events} == {f"pc-{0x040506}"} and dead == []
+
+
 def test_isup_json_cli_from_stdin(broker_settings):
     lines = (FIXTURES / "isup" / "probe.jsonl").read_bytes()
     done, events, dead = ingest(broker_settings, 7, 7, "isup-json", "-", stdin=lines)

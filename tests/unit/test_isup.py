@@ -15,8 +15,8 @@ from services.ingest.isup_calls import (ACM, ANM, CON, IAM, NAI_INTERNATIONAL, N
                                         NAI_UNKNOWN, REL, RLC, RLC_WAIT_S, WHY_DUPLICATE,
                                         WHY_NO_CALL, WHY_RINGING, WHY_RLC, IsupCallTracker,
                                         IsupFeed, IsupMessage, address_string)
-from services.ingest.isup_pcap import (BadFrame, Chunk, DecodeError, address_signals,
-                                       chunks_from_fields, decode_isup, decode_m3ua)
+from services.ingest.isup_pcap import DecodeError, address_signals, decode_isup, decode_m3ua
+from services.ingest.ss7_links import Payload, Skip, payloads_from_fields, read_payloads
 from services.settings import Settings
 from streams.numbers import NumberPlan
 from streams.schema import REASON_MISSING, REASON_NUMBER, EventValidator
@@ -281,11 +281,24 @@ def test_rel_cause_is_read_by_q850_extension_bits(rel_hex, cause):
     assert decode_isup(bytes.fromhex(rel_hex), T0, A, B).cause == cause
 
 
-def test_tshark_field_line_pairs_chunks_and_reports_unpaired_frames():
-    got = chunks_from_fields("7\t1795420800.5\t3,46,3\taabb,cc,ddee\n")
-    assert got == [Chunk(7, 1795420800.5, b"\xaa\xbb"), Chunk(7, 1795420800.5, b"\xdd\xee")]
-    bad = chunks_from_fields("8\t1795420801\t3,3\taabb\n")
-    assert isinstance(bad, BadFrame) and bad.reason == isup_pcap.REASON_SCTP_UNPAIRED
+def test_tshark_field_line_names_each_payloads_carrier_or_why_the_frame_has_none():
+    """The protocol before each ``data`` in frame.protocols is the payload's carrier."""
+    line = "7\t1795420800.5\teth:ethertype:ip:sctp:data:data\t1\t3,3\t1,1\taabb,ddee\n"
+    assert payloads_from_fields(line) == [Payload(7, 1795420800.5, "m3ua", b"\xaa\xbb"),
+                                          Payload(7, 1795420800.5, "m3ua", b"\xdd\xee")]
+    m2pa = "8\t1.0\teth:ethertype:ip:sctp:m2pa:data\t1\t5\t1\t85aa\n"
+    assert payloads_from_fields(m2pa) == [Payload(8, 1.0, "m2pa", b"\x85\xaa")]
+    assert payloads_from_fields("9\t1\tmtp2:data\t42\t\t\t85\n")[0].carrier == "mtp2"
+    assert payloads_from_fields("9\t1\tdata\t43\t\t\t85\n")[0].carrier == "mtp3"
+    assert payloads_from_fields("9\t1\t\t43\t\t\t\n") == [Skip(9, "mtp3_linktype_unread")]
+    cases = {"eth:ethertype:ip:sctp\t1\t3\t0\t": "sctp_fragment",
+             "eth:ethertype:ip:sctp:m2pa\t1\t5\t1\t": "ss7_link_status",
+             "mtp2\t42\t\t\t": "ss7_link_status",
+             "eth:ethertype:ip:sctp:sua\t1\t4\t1\t": "sua_not_isup",
+             "eth:ethertype:ip:sctp:diameter\t1\t46\t1\t": "sctp_not_ss7",
+             "eth:ethertype:ip:sctp:data\t1\t0\t1\taa": "sctp_not_ss7"}
+    for tail, why in cases.items():
+        assert payloads_from_fields(f"3\t1.5\t{tail}\n") == [Skip(3, why)], tail
 
 
 # -- the committed capture, through tshark ----------------------------------------------------
@@ -299,7 +312,7 @@ def _ingest_pcap(path: Path):
     sink, producer = recording_sink(isup_pcap.SOURCE)
     settings = Settings.from_env(environ={})
     feed = IsupFeed(IsupCallTracker(NumberPlan.of(settings)), sink, EventValidator.of(settings))
-    isup_pcap.ingest_chunks(isup_pcap.read_chunks(str(path)), feed, path.name, "sw-x")
+    isup_pcap.ingest_payloads(read_payloads(str(path)), feed, path.name, "sw-x")
     return sink, producer, feed
 
 
@@ -340,7 +353,7 @@ def test_truncated_capture_is_read_up_to_the_cut_and_then_reported(tmp_path):
     cut.write_bytes(data[: len(data) - 30])
     seen = []
     with pytest.raises(RuntimeError, match="tshark could not read all"):
-        for item in isup_pcap.read_chunks(str(cut)):
+        for item in read_payloads(str(cut)):
             seen.append(item)
     assert len(seen) >= 30
 
