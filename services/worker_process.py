@@ -42,8 +42,11 @@ def scrape(port: int) -> str | None:
 
 class WorkerProcess:
     def __init__(self, settings: Settings, home: Path, app_id: str,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None,
+                 command: tuple[str, ...] = ("services.cli", "worker")) -> None:
         self.settings = settings
+        #: ``python -m`` arguments (the bench also runs a plain Faust agent this way).
+        self.command = command
         self.home = home
         self.app_id = app_id
         self.extra_env = dict(extra_env or {})
@@ -65,7 +68,7 @@ class WorkerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "worker"],
+            self.proc = subprocess.Popen([sys.executable, "-m", *self.command],
                                          stdout=log, stderr=subprocess.STDOUT, env=self.env(),
                                          cwd=REPO_ROOT, start_new_session=True)
 

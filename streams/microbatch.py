@@ -14,8 +14,9 @@ them only once everything they caused is durable:
    has acknowledged (acks=all) every decision, score and re-keyed event caused by the folded
    records. If it has not within the timeout, nothing below happens this time;
 3. **state written**: each number and source touched since the last commit is written once to
-   its table (RocksDB and its changelog), with the position of the newest event folded into
-   it (:mod:`streams.position`);
+   its table (RocksDB and its changelog topic), with the position of the newest event folded
+   into it (:mod:`streams.position`), and the producer flushed again: the broker holds every
+   changelog record;
 4. **records released**: the held records are acknowledged; Faust commits their offsets at its
    next commit, after flushing the changelog producer.
 
@@ -91,6 +92,11 @@ class MicroBatch:
             return False
         for stage in self.stages:
             stage.persist()
+        if not self.outputs.deliver(self.deliver_timeout_s):
+            self.postponed += 1
+            log.warning("state not acknowledged by the broker within %.0fs: offsets held "
+                        "back, retried at the next commit", self.deliver_timeout_s)
+            return False
         held, self.held = self.held, []
         for record in held:
             record.ack()

@@ -47,11 +47,11 @@ class KafkaSink:
             log.error("delivery to %s failed: %s", msg.topic(), err)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: list[tuple[str, bytes]] | None = None, partition: int = -1) -> None:
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=self._on_delivery)
+                                      partition=partition, on_delivery=self._on_delivery)
                 return
             except BufferError:
                 self.producer.poll(0.1)  # local queue full: let librdkafka drain it
@@ -74,6 +74,10 @@ class KafkaSink:
         full = self.sources.add(event.key.encode(), event.row())
         if full is not None:
             self._produce_batch(SOURCE_EVENTS.name, *full)
+
+    def state(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        """A state written to a table's changelog topic (see ``streams.app.TableStore``)."""
+        self._produce(topic, key, value, partition=partition)
 
     def flush_sources(self) -> int:
         """Send every open batch of re-keyed events. Returns how many events they held."""

@@ -38,3 +38,13 @@ def test_manual_acks_and_the_rebalance_setting_exist():
     from streams.app import app
 
     assert app.conf.stream_wait_empty is False
+
+
+def test_tables_expose_their_store_and_changelog_topic_name():
+    """TableStore writes ``table.data`` (the local store, no changelog send) and produces the
+    changelog record itself to ``table.changelog_topic_name``."""
+    from streams.app import SOURCE_TABLE_NAME, TABLE_NAME, settings, source_table, state_table
+
+    for table, name in ((state_table, TABLE_NAME), (source_table, SOURCE_TABLE_NAME)):
+        assert table.changelog_topic_name == f"{settings.app_id}-{name}-changelog"
+        assert hasattr(type(table), "data") or "data" in vars(table)
