@@ -56,7 +56,7 @@ class Settings:
     #: Events per batch record written by dialguard's ingest edges and simulator (1: one
     #: event per record); a batch waits at most ``ingest_batch_linger_s`` for more events.
     ingest_batch_events: int = 500
-    ingest_batch_linger_s: float = 0.05
+    ingest_batch_linger_s: float = 0.02
 
     # --- Event validation ------------------------------------------------------------------
     #: Events stamped further than this in the future (wall clock) are rejected to the DLQ.

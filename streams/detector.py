@@ -247,10 +247,16 @@ class Detector:
             return
         self.tally.add(metrics.EVENTS_IN, ev.proto, ev.kind)
         prefix = prefix_of(ev.caller, self.settings.pool_prefix_len)
-        self.prefix_pools.setdefault(prefix, PoolCounters()).add(ev, self.cfg.short_call_s)
+        pool = self.prefix_pools.get(prefix)
+        if pool is None:
+            pool = self.prefix_pools[prefix] = PoolCounters()
+        pool.add(ev, self.cfg.short_call_s)
         if ev.trunk:
             self.trunks[ev.caller] = ev.trunk
-            self.trunk_pools.setdefault(ev.trunk, PoolCounters()).add(ev, self.cfg.short_call_s)
+            pool = self.trunk_pools.get(ev.trunk)
+            if pool is None:
+                pool = self.trunk_pools[ev.trunk] = PoolCounters()
+            pool.add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
         self._forward(ev, state, where)
         self.pending += 1

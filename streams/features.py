@@ -180,12 +180,14 @@ class CallerState:
         self.last_attempt_ts = max(self.last_attempt_ts, ev.ts)
         key = callee_key(ev.callee)
         callees = self.callees
-        if key in callees:
-            callees[key] = max(callees[key], minute)
+        last = callees.get(key)
+        if last is not None:
+            if minute > last:  # newest last: the first key is the least recently dialled
+                del callees[key]
+                callees[key] = minute
         else:
             if len(callees) >= cfg.distinct_callees_cap:
-                oldest = min(callees, key=callees.__getitem__)
-                del callees[oldest]
+                del callees[next(iter(callees))]  # O(1); a robot at the cap dials on
             callees[key] = minute
 
     def _add_trunk(self, trunk: str, minute: int, cfg: FeatureConfig) -> None:

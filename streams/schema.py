@@ -4,13 +4,15 @@ Probes and switches written by other teams read and write these records, so fiel
 DESIGN.md exactly and only ever grow. The decoder is strict: anything it cannot trust raises
 :class:`InvalidEvent` with a short machine reason (a metric label and DLQ header) and a human
 detail, so the worker can route the original bytes to the dead-letter topic and carry on.
+Records encode with ``orjson.dumps(record)``: orjson writes dataclasses itself, the same bytes
+as ``asdict`` at a quarter of the cost.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -101,7 +103,7 @@ class SignalingEvent:
     v: int = SCHEMA_VERSION
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     @property
     def key(self) -> bytes:
@@ -116,12 +118,7 @@ _OPTIONAL: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("code", int), ("duration_s", (int, float)), ("trunk", str), ("switch", str),
     ("attest", str),
 )
-#: The same rules as exact type sets: ``type(x) in s`` is one lookup, and it refuses bool
-#: (an int subclass) without a second test.
-_REQUIRED_TYPES = tuple((name, frozenset(k if isinstance(k, tuple) else (k,)))
-                        for name, k in _REQUIRED)
-_OPTIONAL_TYPES = tuple((name, frozenset(k if isinstance(k, tuple) else (k,)))
-                        for name, k in _OPTIONAL)
+
 
 
 def record_values(raw: bytes) -> list[Any]:
@@ -177,56 +174,75 @@ class EventValidator:
         return self.check(json_object(raw), now)
 
     def check(self, obj: Any, now: float | None = None) -> SignalingEvent:
-        """One decoded JSON value as an event (each event of a batch record comes here)."""
-        if not isinstance(obj, dict):
+        """One decoded JSON value as an event (each event of a batch record comes here).
+
+        Written for the common case, every field present with its exact type, tested in one
+        expression; anything else goes through :func:`_explain_types`, which names the field.
+        """
+        if type(obj) is not dict:
             raise InvalidEvent(REASON_NOT_OBJECT,
                                f"expected a JSON object, got {type(obj).__name__}")
-        for (name, types), (_, kind) in zip(_REQUIRED_TYPES, _REQUIRED):
-            value = obj.get(name)
-            if value is None:
-                raise InvalidEvent(REASON_MISSING, f"field {name!r} is missing")
-            if type(value) not in types:
-                _check_type(obj, name, kind)
-        for (name, types), (_, kind) in zip(_OPTIONAL_TYPES, _OPTIONAL):
-            value = obj.get(name)
-            if value is not None and type(value) not in types:
-                _check_type(obj, name, kind)
-        if obj["v"] != SCHEMA_VERSION:
-            raise InvalidEvent(REASON_VERSION, f"schema version {obj['v']} is not {SCHEMA_VERSION}")
-        ts = float(obj["ts"])
+        get = obj.get
+        v, ts, proto, kind, call_id = get("v"), get("ts"), get("proto"), get("kind"), \
+            get("call_id")
+        raw_caller, raw_callee = get("caller"), get("callee")
+        code, duration, trunk, switch, attest = get("code"), get("duration_s"), get("trunk"), \
+            get("switch"), get("attest")
+        if not (type(v) is int and type(ts) in _NUMBER and type(proto) is str
+                and type(kind) is str and type(call_id) is str and type(raw_caller) is str
+                and type(raw_callee) is str and (code is None or type(code) is int)
+                and (duration is None or type(duration) in _NUMBER)
+                and (trunk is None or type(trunk) is str)
+                and (switch is None or type(switch) is str)
+                and (attest is None or type(attest) is str)):
+            _explain_types(obj)
+        if v != SCHEMA_VERSION:
+            raise InvalidEvent(REASON_VERSION, f"schema version {v} is not {SCHEMA_VERSION}")
+        ts = float(ts)
         if not math.isfinite(ts) or ts <= 0:
             raise InvalidEvent(REASON_VALUE, f"ts {obj['ts']!r} is not a positive epoch time")
         wall = time.time() if now is None else now
         if ts > wall + self.max_future_skew_s:
             raise InvalidEvent(REASON_FUTURE, f"ts {ts:.0f} is {ts - wall:.0f}s in the future")
-        if obj["proto"] not in PROTOS:
-            raise InvalidEvent(REASON_VALUE, f"proto {obj['proto']!r} is not one of sip, isup")
-        if obj["kind"] not in KINDS:
-            raise InvalidEvent(REASON_VALUE, f"kind {obj['kind']!r} is not one of {', '.join(KINDS)}")
-        if not obj["call_id"]:
+        if proto not in PROTOS:
+            raise InvalidEvent(REASON_VALUE, f"proto {proto!r} is not one of sip, isup")
+        if kind not in KINDS:
+            raise InvalidEvent(REASON_VALUE, f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        if not call_id:
             raise InvalidEvent(REASON_VALUE, "call_id is empty")
-        duration = obj.get("duration_s")
         if duration is not None:
             duration = float(duration)
             if not math.isfinite(duration) or duration < 0 or duration > self.max_duration_s:
                 raise InvalidEvent(REASON_VALUE, f"duration_s {obj['duration_s']!r} is out of range")
-        code = obj.get("code")
         if code is not None and not 0 <= code <= 999:
             raise InvalidEvent(REASON_VALUE, f"code {code} is out of range")
-        attest = obj.get("attest")
         if attest is not None and attest not in ATTESTATIONS:
             raise InvalidEvent(REASON_VALUE, f"attest {attest!r} is not A, B or C")
+        normalise = self.plan.normalise
         try:
-            caller = self.plan.normalise(obj["caller"])
+            caller = normalise(raw_caller)
         except InvalidNumber as exc:
             raise InvalidEvent(REASON_NUMBER, f"caller: {exc}") from None
         try:
-            callee = self.plan.normalise(obj["callee"])
+            callee = normalise(raw_callee)
         except InvalidNumber as exc:
             raise InvalidEvent(REASON_NUMBER, f"callee: {exc}") from None
-        return SignalingEvent(ts=ts, proto=obj["proto"], kind=obj["kind"], call_id=obj["call_id"],
-                              caller=caller, callee=callee, code=code, duration_s=duration,
-                              trunk=obj.get("trunk"), switch=obj.get("switch"), attest=attest)
+        return SignalingEvent(ts, proto, kind, call_id, caller, callee, code, duration, trunk,
+                              switch, attest)
+
+
+_NUMBER = frozenset({int, float})
+
+
+def _explain_types(obj: dict[str, Any]) -> None:
+    """Raise the :class:`InvalidEvent` that names the first missing or mistyped field."""
+    for name, kind in _REQUIRED:
+        if obj.get(name) is None:
+            raise InvalidEvent(REASON_MISSING, f"field {name!r} is missing")
+        _check_type(obj, name, kind)
+    for name, kind in _OPTIONAL:
+        if obj.get(name) is not None:
+            _check_type(obj, name, kind)
 
 
 def _check_type(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> None:
@@ -281,7 +297,7 @@ class Decision:
                       attest)
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> "Decision":
@@ -307,7 +323,7 @@ class ScoreRecord:
     shadow_version: int | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> "ScoreRecord":
@@ -336,7 +352,7 @@ class Label:
         return LABEL_TARGET[self.label]
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> "Label":
@@ -364,7 +380,7 @@ class AllowEntry:
     trunk: bool = False
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> "AllowEntry":
@@ -391,7 +407,7 @@ class AuditRecord:
     after: Any = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> "AuditRecord":
@@ -439,7 +455,7 @@ class SourceEvent:
                    *origin)
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     def row(self) -> tuple[Any, ...]:
         """The compact form inside a batch record of ``signaling.sources``: the fields in
@@ -504,7 +520,7 @@ class Ack:
     policy_version: int = 0
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> "Ack":
