@@ -56,6 +56,10 @@ DLQ_HEADER_SOURCE = "dlq.source"
 DLQ_HEADER_TOPIC = "dlq.topic"
 DLQ_HEADER_PARTITION = "dlq.partition"
 DLQ_HEADER_OFFSET = "dlq.offset"
+#: Only on a truncated copy (a value longer than the DLQ keeps): the original value's length
+#: in bytes and its SHA-256 (hex), so the original can be found and checked at its source.
+DLQ_HEADER_ORIGINAL_SIZE = "dlq.original_size"
+DLQ_HEADER_SHA256 = "dlq.sha256"
 
 # SIP status codes and ISUP cause values that mean "no such number": the scanning signal.
 SIP_UNALLOCATED = frozenset({404, 484})

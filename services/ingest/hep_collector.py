@@ -36,10 +36,11 @@ import sys
 import time
 from typing import Any
 
+from confluent_kafka import KafkaException
 from prometheus_client import Counter, Gauge, start_http_server
 
 from services.ingest.hep import PROTO_SIP, HepError, HepPacket, HepStream, Rejected, decode
-from services.ingest.sink import EventSink
+from services.ingest.sink import INGEST_DELIVERY_FAILED, EventSink
 from services.ingest.sip_feed import SipFeed
 from services.log_limit import LogLimiter
 from services.settings import Settings
@@ -151,22 +152,37 @@ class HepCollector:
     def datagram(self, data: bytes) -> None:
         HEP_PACKETS.labels("udp").inc()
         try:
-            packet = decode(data)
-        except HepError as exc:
-            self.sink.dead_letter(data, exc.reason, exc.detail)
-            return
-        self.packet(packet)
+            try:
+                packet = decode(data)
+            except HepError as exc:
+                self.sink.dead_letter(data, exc.reason, exc.detail)
+                return
+            self.packet(packet)
+        except (KafkaException, BufferError) as exc:
+            self._not_produced(exc)
 
     def stream_item(self, item: HepPacket | Rejected) -> None:
         HEP_PACKETS.labels("tcp").inc()
-        if isinstance(item, Rejected):
-            self.sink.dead_letter(item.raw, item.reason, item.detail)
-        else:
-            self.packet(item)
+        try:
+            if isinstance(item, Rejected):
+                self.sink.dead_letter(item.raw, item.reason, item.detail)
+            else:
+                self.packet(item)
+        except (KafkaException, BufferError) as exc:
+            self._not_produced(exc)
+
+    def _not_produced(self, exc: Exception) -> None:
+        """A record (event or dead letter) the producer refused: counted and logged (rate-
+        limited), never raised. Raised out of the protocol callbacks it would close the TCP
+        connection (losing what is queued behind) or log a traceback per UDP datagram."""
+        INGEST_DELIVERY_FAILED.labels(self.sink.source).inc()
+        self.log_limit.error("produce", "HEP collector could not produce a record: %s", exc)
 
     def packet(self, packet: HepPacket) -> None:
         try:
             self._packet(packet)
+        except (KafkaException, BufferError):
+            raise  # the producer failed, not the packet: dead-lettering it would fail too
         except Exception as exc:  # noqa: BLE001 - keep listening, keep the bytes
             log.exception("packet from capture agent %s crashed the collector",
                           packet.capture_id)
