@@ -119,7 +119,7 @@ class KafkaSink:
 
         Never raises: bad input must not stop the agent, and a dead letter that cannot be
         written (local queue full, refused by the client, or by the broker later) is counted
-        in ``dialguard_dead_letter_failures_total{why}`` and logged once per kind a minute.
+        in ``dialguard_dead_letter_failures_total{reason}`` and logged once per kind a minute.
         """
         value, cut = dlq_copy(raw)
         headers = [(DLQ_HEADER_REASON, reason.encode()),
