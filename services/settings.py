@@ -157,6 +157,7 @@ class Settings:
     hep_tcp_max_connections: int = 1024
     #: A HEP TCP connection that sends nothing for this long is closed (capture agents send
     #: a packet per SIP message; a silent connection is a dead or idle peer holding a slot).
+    #: 0: never.
     hep_tcp_idle_timeout_s: float = 300.0
     #: Longest HEP packet framed from a TCP stream; a length field past it is a bad frame and
     #: the stream resyncs at the next ``HEP3`` (services/ingest/hep.py DEFAULT_MAX_FRAME).

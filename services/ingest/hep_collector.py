@@ -39,7 +39,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 from prometheus_client import Counter, Gauge, start_http_server
 
-from services.ingest.hep import PROTO_SIP, HepError, HepPacket, HepStream, Rejected, decode
+from services.ingest.hep import (HEADER, MAX_PACKET, PROTO_SIP, HepError, HepPacket, HepStream,
+                                 Rejected, decode)
 from services.ingest.sink import INGEST_DELIVERY_FAILED, EventSink
 from services.ingest.sip_feed import SipFeed
 from services.log_limit import LogLimiter
@@ -117,6 +118,13 @@ class HepCollector:
         #: Capture time of the newest packet and the monotonic clock when it came, so that
         #: expiry keeps moving in event time while the network is quiet.
         self._clock = (0.0, time.monotonic())
+        if not HEADER.size <= settings.hep_tcp_max_frame_bytes <= MAX_PACKET:
+            raise ValueError(f"DIALGUARD_HEP_TCP_MAX_FRAME_BYTES="
+                             f"{settings.hep_tcp_max_frame_bytes} must be within "
+                             f"{HEADER.size}..{MAX_PACKET} (a HEPv3 length field's range)")
+        if settings.hep_tcp_max_connections < 1:
+            raise ValueError(f"DIALGUARD_HEP_TCP_MAX_CONNECTIONS="
+                             f"{settings.hep_tcp_max_connections} must be at least 1")
         self.max_connections = connection_cap(settings.hep_tcp_max_connections)
         self.idle_timeout_s = settings.hep_tcp_idle_timeout_s
         self.tcp_open: set[_Tcp] = set()
