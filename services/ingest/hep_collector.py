@@ -61,6 +61,13 @@ UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 #: File descriptors kept free under the open-file limit for what is not a HEP connection (the
 #: Kafka producer's broker sockets, the metrics endpoint and its scrapes, the UDP socket, logs).
 FD_RESERVE = 64
+#: Connections accepted per readiness of the listening socket (and its listen backlog): bounds
+#: one loop turn's work, as asyncio's own server does.
+ACCEPT_BATCH = 100
+#: After a failed accept (out of descriptors, ...) the listening socket rests this long before
+#: the next try: the kernel keeps reporting it readable, and retrying at once spins and floods
+#: the log.
+ACCEPT_RETRY_S = 1.0
 #: Rate-limited log lines (connections opened/closed, over the cap, idle, accept errors) come
 #: at most once per this many seconds per kind; the metrics carry the exact counts.
 LOG_EVERY_S = 60.0
@@ -79,6 +86,9 @@ HEP_TCP_CLOSED = Counter("dialguard_ingest_hep_tcp_closed_total",
                          "idle: silent for DIALGUARD_HEP_TCP_IDLE_TIMEOUT_S)", ["why"])
 HEP_TCP_OPEN = Gauge("dialguard_ingest_hep_tcp_connections_open",
                      "HEP TCP connections open now (at most the connection cap)")
+HEP_TCP_ACCEPT_ERRORS = Counter("dialguard_ingest_hep_tcp_accept_errors_total",
+                                "Failed accepts of HEP TCP connections (e.g. out of file "
+                                "descriptors); the listener rests a second after each")
 for _why in (CLOSE_OVER_CAP, CLOSE_IDLE):
     HEP_TCP_CLOSED.labels(_why)
 
@@ -127,26 +137,33 @@ class HepCollector:
                              f"{settings.hep_tcp_max_connections} must be at least 1")
         self.max_connections = connection_cap(settings.hep_tcp_max_connections)
         self.idle_timeout_s = settings.hep_tcp_idle_timeout_s
-        self.tcp_open: set[_Tcp] = set()
+        #: TCP connections admitted and not yet closed.
+        self.tcp_open = 0
         self.log_limit = LogLimiter(log, LOG_EVERY_S)
 
-    def admit(self, conn: "_Tcp") -> bool:
+    def admit(self, peer: str) -> bool:
         """Take a new TCP connection unless the cap is reached (then it is counted and the
         caller closes it at once: accepting and closing frees the backlog, refusing to accept
         would leave the listening socket readable and the peers queued)."""
-        if len(self.tcp_open) >= self.max_connections:
+        if self.tcp_open >= self.max_connections:
             HEP_TCP_CLOSED.labels(CLOSE_OVER_CAP).inc()
             self.log_limit.warning(CLOSE_OVER_CAP, "HEP TCP connection from %s closed at once: "
                                    "%d connections open, the cap (DIALGUARD_HEP_TCP_MAX_"
-                                   "CONNECTIONS)", conn.peer, len(self.tcp_open))
+                                   "CONNECTIONS)", peer, self.tcp_open)
             return False
-        self.tcp_open.add(conn)
-        HEP_TCP_OPEN.set(len(self.tcp_open))
+        self.tcp_open += 1
+        HEP_TCP_OPEN.set(self.tcp_open)
         return True
 
-    def release(self, conn: "_Tcp") -> None:
-        self.tcp_open.discard(conn)
-        HEP_TCP_OPEN.set(len(self.tcp_open))
+    def release(self) -> None:
+        self.tcp_open = max(0, self.tcp_open - 1)
+        HEP_TCP_OPEN.set(self.tcp_open)
+
+    def accept_failed(self, exc: OSError) -> None:
+        HEP_TCP_ACCEPT_ERRORS.inc()
+        self.log_limit.error("accept", "cannot accept HEP TCP connections: %s (%d open, cap "
+                             "%d); retrying in %.0fs", exc, self.tcp_open,
+                             self.max_connections, ACCEPT_RETRY_S)
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The event loop's error handler, rate-limited per message: an accept loop out of file
@@ -227,34 +244,106 @@ class _Udp(asyncio.DatagramProtocol):
         self.collector.log_limit.warning("udp_error", "UDP receive error: %s", exc)
 
 
-class _Tcp(asyncio.Protocol):
-    """One HEP TCP connection: framed, capped in number, closed when idle."""
+class _TcpListener:
+    """Accepts HEP TCP connections itself instead of asyncio's server.
 
-    def __init__(self, collector: HepCollector) -> None:
+    Why: asyncio's server accepts a batch of connections and hands each to a task, so one past
+    the cap would hold its descriptor for several loop turns before it could be closed, and a
+    failed accept is reported through the loop's error handler with a traceback each time.
+    Here a connection past the cap is closed in the step that accepted it, and a failed accept
+    is counted, logged (rate-limited) and retried after :data:`ACCEPT_RETRY_S`.
+    """
+
+    def __init__(self, collector: HepCollector, sock: socket.socket) -> None:
+        self.collector = collector
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @classmethod
+    def bind(cls, collector: HepCollector, host: str, port: int) -> "_TcpListener":
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(ACCEPT_BATCH)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        listener = cls(collector, sock)
+        listener.start()
+        return listener
+
+    def start(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # out of descriptors, buffers, memory
+                self.collector.accept_failed(exc)
+                self.loop.remove_reader(self.sock.fileno())
+                self._retry = self.loop.call_later(ACCEPT_RETRY_S, self.start)
+                return
+            HEP_CONNECTIONS.inc()
+            peer = "%s:%s" % tuple(addr[:2]) if addr else "?"
+            if not self.collector.admit(peer):
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = self.loop.create_task(self._connect(conn, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket, peer: str) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: _Tcp(self.collector, peer), conn)
+        except OSError as exc:
+            self.collector.release()
+            conn.close()
+            self.collector.log_limit.warning("connect", "HEP TCP connection from %s lost while "
+                                             "being set up: %s", peer, exc)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class _Tcp(asyncio.Protocol):
+    """One admitted HEP TCP connection (see :class:`_TcpListener`): framed, closed when idle."""
+
+    def __init__(self, collector: HepCollector, peer: str) -> None:
         self.collector = collector
         self.stream = HepStream(collector.settings.hep_tcp_max_frame_bytes)
-        self.peer = "?"
+        self.peer = peer
         self.transport: asyncio.Transport | None = None
-        self.admitted = False
         self.last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        HEP_CONNECTIONS.inc()
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = "%s:%s" % tuple(peer[:2]) if peer else "?"
-        if not self.collector.admit(self):
-            transport.abort()
-            return
-        self.admitted = True
         self.last_data = time.monotonic()
         if self.collector.idle_timeout_s > 0:
             self._idle_timer = asyncio.get_running_loop().call_later(
                 self.collector.idle_timeout_s, self._check_idle)
         self.collector.log_limit.info("tcp_open", "HEP over TCP from %s (%d open)", self.peer,
-                                      len(self.collector.tcp_open))
+                                      self.collector.tcp_open)
 
     def _check_idle(self) -> None:
         """Close the connection if silent for the idle timeout, else look again when it would
@@ -282,9 +371,7 @@ class _Tcp(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if not self.admitted:
-            return
-        self.collector.release(self)
+        self.collector.release()
         tail = self.stream.close()
         if tail is not None:
             self.collector.stream_item(tail)
@@ -301,7 +388,7 @@ async def serve(collector: HepCollector, host: str, port: int,
                                                  local_addr=(host, port))
     udp_sock = udp.get_extra_info("socket")
     udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
-    tcp = await loop.create_server(lambda: _Tcp(collector), host, port)
+    tcp = _TcpListener.bind(collector, host, port)
     log.info("HEP collector listening on udp+tcp %s:%d (switch %s, setup timeout %.0fs, "
              "max dialogs %d, UDP receive buffer %d bytes, at most %d TCP connections, "
              "idle timeout %.0fs)", host, port,
@@ -318,7 +405,6 @@ async def serve(collector: HepCollector, host: str, port: int,
     finally:
         udp.close()
         tcp.close()
-        await tcp.wait_closed()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
