@@ -252,6 +252,8 @@ CALLS_BEFORE_BLOCK_P90 = quantile(0.9, "dialguard_calls_before_block", BLOCK_QUA
 MODEL_ROC_AUC = "max by (instance) (dialguard_model_roc_auc)"
 MODEL_LOG_LOSS = "max by (instance) (dialguard_model_log_loss)"
 DRIFT_ALARMS = f"sum(increase(dialguard_model_drift_alarms_total[{DRIFT_WINDOW}]))"
+#: Dead letters that did not reach the DLQ (refused or unacknowledged): bad input lost.
+DLQ_NOT_WRITTEN = f"sum(increase(dialguard_dead_letter_failures_total[{RATE_WINDOW}]))"
 
 POLICY_VERSION = "max by (policy) (dialguard_policy_version)"
 #: 1 if any worker runs with the kill switch on (all read the same record; max shows a laggard).
@@ -360,6 +362,16 @@ def alert_rules() -> list[AlertRule]:
                          f"{DLQ_RATIO_ALERT:.0%}). A producer changed its format: the "
                          "dead-letter panel shows the reasons, the records' dlq.* headers "
                          "where they came from.")),
+        AlertRule(
+            alert="DialguardDeadLettersNotWritten", signal=DLQ_NOT_WRITTEN, condition="> 0",
+            for_="", severity="warning",
+            summary="Dead letters are not reaching signaling.events.dlq",
+            description=(f"{{{{ $value | humanize }}}} records sent to the dead-letter topic "
+                         f"in the last {RATE_WINDOW} were not written (local queue full, "
+                         f"refused by the client or not acknowledged by the broker): they are "
+                         f"counted as dead letters but lost. The worker carries on; its log "
+                         f"and the reason label of dialguard_dead_letter_failures_total say "
+                         f"why (e.g. the DLQ's max.message.bytes, ACLs, a broker outage).")),
         AlertRule(
             alert="DialguardModelDrift", signal=DRIFT_ALARMS, condition="> 0",
             for_="", severity="warning",

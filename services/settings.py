@@ -175,6 +175,18 @@ class Settings:
     # --- Ingest: HEP/SIP, ISUP, CDR (services/ingest) --------------------------------------
     hep_host: str = "127.0.0.1"
     hep_port: int = 9060
+    #: HEP over TCP: connections held open at once. Past it a new connection is accepted and
+    #: closed at once (counted), so idle or abusive peers cannot take every file descriptor
+    #: (the Kafka producer's sockets and the metrics endpoint need some too). Clamped below the
+    #: process's open-file limit.
+    hep_tcp_max_connections: int = 1024
+    #: A HEP TCP connection that sends nothing for this long is closed (capture agents send
+    #: a packet per SIP message; a silent connection is a dead or idle peer holding a slot).
+    #: 0: never.
+    hep_tcp_idle_timeout_s: float = 300.0
+    #: Longest HEP packet framed from a TCP stream; a length field past it is a bad frame and
+    #: the stream resyncs at the next ``HEP3`` (services/ingest/hep.py DEFAULT_MAX_FRAME).
+    hep_tcp_max_frame_bytes: int = 16 * 1024
     ingest_metrics_port: int = 9313
     #: ISUP calls in progress remembered at once by one ingest run (per (OPC, DPC, CIC)
     #: circuit); past it the least recently active call is forgotten and counted.
@@ -214,6 +226,10 @@ class Settings:
     adapter_retry_initial_s: float = 0.2
     adapter_retry_max_s: float = 5.0
     adapter_pending_retry_s: float = 10.0
+    #: How often the adapter asks its switch how long it has been up (Kamailio ``core.uptime``):
+    #: a switch restarted since the last look has empty htables, and the adapter re-applies
+    #: the decisions in force (counted in ``dialguard_switch_resyncs_total``). 0: never look.
+    adapter_switch_check_s: float = 10.0
     #: Scoped decisions (issue 10, services/switch_entries.py): htables of caller ranges and
     #: trunks, INVITEs per rate window a rate-limited range or trunk keeps (a trunk carries many
     #: callers, so more than one number), and the shortest range the adapter applies (shorter

@@ -33,8 +33,13 @@ Why these rules:
 * **Converge after a restart.** On start the adapter reads the compacted decisions topic from
   the beginning to its end, keeps the newest applicable decision per number (skipping expired
   ones), applies those, and consumes on from the offsets where the rebuild stopped, so
-  nothing falls between rebuild and live consumption. A restarted Kamailio (empty htables) is
-  healed by restarting its adapter, which ``make run`` does with it.
+  nothing falls between rebuild and live consumption.
+* **Heal a restarted switch.** A Kamailio restarted under a running adapter has empty htables.
+  The adapter asks it every ``adapter_switch_check_s`` for ``core.uptime``; when ``up_since``
+  changed or the uptime went back, it re-applies the decisions in force from its own view
+  (the newest applied block or rate limit per key, with their remaining TTL), acked
+  ``applied`` with ``resync:`` and counted in ``dialguard_switch_resyncs_total``. Its own view,
+  not the topic: it is exactly what the switch held, and needs no re-read of the topic.
 * **Never lose a decision.** A JSON-RPC failure is retried with exponential backoff up to a cap;
   then the decision is acked ``failed`` with the error and kept pending (the newest per
   number), retried every ``adapter_pending_retry_s`` until Kamailio takes it. While Kamailio is
@@ -61,6 +66,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.admin import watermarks
 from services.kamailio_process import RpcError, rpc_call
+from services.log_limit import LogLimiter
 from services.settings import Settings
 from services.switch_entries import Tables, Target, Unsupported, entry_value, target_of
 from streams.schema import Ack, Decision
@@ -103,6 +109,12 @@ PENDING = Gauge("dialguard_switch_pending_decisions",
                 "Decisions that failed to apply and are being retried")
 BAD_DECISIONS = Counter("dialguard_switch_bad_decisions_total",
                         "Records on the decisions topic that are not decisions")
+RESYNCS = Counter("dialguard_switch_resyncs_total",
+                  "Restarts of the switch the adapter found (Kamailio's core.uptime went back) "
+                  "and healed by re-applying the decisions in force")
+#: A failed uptime check is logged at most this often (the switch is down: the pending
+#: decisions' acks say so already).
+CHECK_LOG_EVERY_S = 60.0
 for _status in ("applied", "failed"):
     ACKS_TOTAL.labels(_status)
 
@@ -326,6 +338,15 @@ class SwitchAdapter:
         self.applied: dict[str, Version] = {}
         self.blocked_until: dict[str, float] = {}
         self.pending: dict[str, Pending] = {}
+        #: The decision in force per key on the switch (the newest applied block or rate
+        #: limit, not yet lapsed): what a restarted switch must be given again.
+        self.in_force: dict[str, Decision] = {}
+        #: Kamailio's ``(up_since, uptime)`` at the last look; None before the first.
+        self._switch_seen: tuple[str, float] | None = None
+        self._last_switch_check = 0.0
+        #: A resync that the switch interrupted, to finish at the next look.
+        self._resync_due = False
+        self._check_log = LogLimiter(log, CHECK_LOG_EVERY_S)
         self.tally = Tally()
         self.producer = Producer(producer_config(settings), logger=log)
         self.consumer = Consumer({**settings.kafka_client_config(),
@@ -348,6 +369,7 @@ class SwitchAdapter:
         started = time.monotonic()
         try:
             ends = self.rebuild()
+            self.check_switch(force=True)  # the identity of the switch the rebuild filled
             self._refresh_gauges()
             self.consumer.assign([TopicPartition(DECISIONS.name, p, off)
                                   for p, off in ends.items()])
@@ -364,6 +386,7 @@ class SwitchAdapter:
                         continue
                     self.handle_record(msg.key(), msg.value())
                     self.consumer.store_offsets(msg)
+                self.check_switch()
                 self.retry_pending()
                 self.producer.poll(0)
                 self._refresh_gauges()
@@ -506,6 +529,10 @@ class SwitchAdapter:
             self.blocked_until[decision.number] = plan.expires_at
         else:
             self.blocked_until.pop(decision.number, None)
+        if decision.action in ("block", "rate_limit") and plan.expires_at > applied_at:
+            self.in_force[decision.number] = decision
+        else:
+            self.in_force.pop(decision.number, None)
         self.pending.pop(decision.number, None)
         PENDING.set(len(self.pending))
         self.tally.applied += 1
@@ -551,6 +578,67 @@ class SwitchAdapter:
                 break  # still down: try again next round
         PENDING.set(len(self.pending))
 
+    # -- a restarted switch ------------------------------------------------------------------
+    def check_switch(self, force: bool = False) -> bool:
+        """Every ``adapter_switch_check_s``: ask Kamailio since when it is up; if it restarted
+        since the last look (``up_since`` changed or ``uptime`` went back), resync it. Returns
+        whether a resync ran to its end."""
+        every = self.settings.adapter_switch_check_s
+        if self.log_only or every <= 0:
+            return False
+        now = time.monotonic()
+        if not force and now - self._last_switch_check < every:
+            return False
+        self._last_switch_check = now
+        try:
+            up = self.rpc.call("core.uptime")
+            seen = (str(up["up_since"]), float(up["uptime"]))
+        except (RpcError, KeyError, TypeError, ValueError) as exc:
+            # Down (or not a Kamailio answer): keep the last identity, so that the switch that
+            # comes back is recognised as restarted or not.
+            self._check_log.warning("check", "cannot ask switch %s its uptime: %s", self.switch,
+                                    exc)
+            return False
+        last, self._switch_seen = self._switch_seen, seen
+        restarted = last is not None and (seen[0] != last[0] or seen[1] < last[1])
+        if restarted:
+            RESYNCS.inc()
+            log.warning("switch %s restarted (up since %s, was up since %s, %.0fs up then): "
+                        "its tables are empty, re-applying the %d decisions in force",
+                        self.switch, seen[0], last[0], last[1], len(self.in_force))  # type: ignore[index]
+        elif not self._resync_due:
+            return False
+        return self.resync()
+
+    def resync(self) -> bool:
+        """Re-apply every decision in force (oldest first, remaining TTL from its decided_at),
+        except those a newer pending decision replaces (that one is applied right after). On
+        a failure the rest waits for the next look at the switch."""
+        now = self.clock()
+        todo = sorted((d for key, d in self.in_force.items()
+                       if key not in self.pending and remaining_ttl(d, now) > 0),
+                      key=version_of)
+        for done, decision in enumerate(todo):
+            plan = plan_decision(decision, None, now, self.tables, self.switch)
+            if not plan.applies:
+                continue
+            try:
+                for op in plan.ops:
+                    self.rpc.run(op)
+            except RpcError as exc:
+                self._resync_due = True
+                log.warning("resync of switch %s stopped after %d of %d decisions: %s; "
+                            "finishing at the next check", self.switch, done, len(todo), exc)
+                return False
+            ACKS_TOTAL.labels("applied").inc()
+            self._ack(decision, "applied", f"resync: {plan.detail}", attempts=1,
+                      applied_at=self.clock(), expires_at=plan.expires_at)
+        self._resync_due = False
+        log.warning("switch %s resynced: %d decisions in force re-applied", self.switch,
+                    len(todo))
+        self.retry_pending(force=True)
+        return True
+
     # -- outputs -----------------------------------------------------------------------------
     def _ack(self, decision: Decision, status: str, detail: str, attempts: int,
              applied_at: float, expires_at: float = 0.0) -> None:
@@ -581,6 +669,8 @@ class SwitchAdapter:
         now = self.clock()
         for number in [n for n, until in self.blocked_until.items() if until <= now]:
             del self.blocked_until[number]
+        for number in [n for n, d in self.in_force.items() if remaining_ttl(d, now) <= 0]:
+            del self.in_force[number]
         BLOCKED_ENTRIES.set(len(self.blocked_until))
 
     def _maybe_progress(self) -> None:

@@ -8,6 +8,17 @@ EVENTS_IN = Counter("dialguard_events_total", "Signaling events accepted by the 
                     ["proto", "kind"])
 DEAD_LETTERS = Counter("dialguard_dead_letters_total",
                        "Records sent to the dead-letter topic, by reason", ["reason"])
+#: Why a dead letter did not reach the DLQ (bounded: the ``reason`` label).
+DLQ_FAIL_BUFFER_FULL = "buffer_full"
+DLQ_FAIL_PRODUCE = "produce_error"
+DLQ_FAIL_DELIVERY = "delivery_error"
+DLQ_FAILURE_WHYS = (DLQ_FAIL_BUFFER_FULL, DLQ_FAIL_PRODUCE, DLQ_FAIL_DELIVERY)
+DEAD_LETTER_FAILURES = Counter("dialguard_dead_letter_failures_total",
+                               "Dead letters that did not reach the dead-letter topic (local "
+                               "queue full, refused by the client, or not acknowledged by the "
+                               "broker), by reason; the worker carries on, the record is "
+                               "counted in dialguard_dead_letters_total but is not in the DLQ",
+                               ["reason"])
 LATE_DROPPED = Counter("dialguard_late_events_dropped_total",
                        "Events older than the late grace for their number, not counted")
 SCORED = Counter("dialguard_scores_total", "Feature vectors scored by the online models")
@@ -99,6 +110,8 @@ DRY_RUN_LABELS = ("true", "false")
 
 for _reason in DLQ_REASONS:
     DEAD_LETTERS.labels(_reason)
+for _why in DLQ_FAILURE_WHYS:
+    DEAD_LETTER_FAILURES.labels(_why)
 for _scope in SCOPES:
     BLOCKS_ACTIVE.labels(_scope)
     CAMPAIGNS_ACTIVE.labels(_scope)

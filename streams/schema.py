@@ -58,7 +58,11 @@ DLQ_HEADER_SOURCE = "dlq.source"
 DLQ_HEADER_TOPIC = "dlq.topic"
 DLQ_HEADER_PARTITION = "dlq.partition"
 DLQ_HEADER_OFFSET = "dlq.offset"
-#: The event's place inside a batch record (absent for a record holding one event).
+#: Only on a truncated copy (a value longer than the DLQ keeps): the original value's length
+#: in bytes and its SHA-256 (hex), so the original can be found and checked at its source.
+DLQ_HEADER_ORIGINAL_SIZE = "dlq.original_size"
+DLQ_HEADER_SHA256 = "dlq.sha256"
+#: The event's place inside its record (0 for a record holding one event, or a batch's first).
 DLQ_HEADER_INDEX = "dlq.index"
 
 #: Batch records: dialguard's own producers write up to this many events of one partition as

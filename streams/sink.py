@@ -8,16 +8,20 @@ delivery reports and ``flush`` on shutdown so nothing buffered is lost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+from services.log_limit import LogLimiter
 from services.settings import Settings
+from streams import metrics
 from streams.batches import PartitionBatches
 from streams.detector import Origin
-from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_INDEX, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION,
-                            DLQ_HEADER_REASON, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
+from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_INDEX, DLQ_HEADER_OFFSET,
+                            DLQ_HEADER_ORIGINAL_SIZE, DLQ_HEADER_PARTITION, DLQ_HEADER_REASON,
+                            DLQ_HEADER_SHA256, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
                             ScoreRecord, SourceEvent, encode_batch)
 from streams.topics import DECISIONS, SCORES, SHADOW_DECISIONS, SIGNALING_DLQ, SOURCE_EVENTS
 
@@ -26,6 +30,48 @@ FLUSH_TIMEOUT_S = 30.0
 #: How long a commit waits for the broker to acknowledge outputs before giving up this time.
 DELIVER_TIMEOUT_S = 10.0
 METADATA_TIMEOUT_S = 10.0
+
+#: Most bytes of a record's value the DLQ gets; a longer value is cut to this, with its
+#: original size and SHA-256 in headers. Why: a record that passed the broker compressed can
+#: be larger than the DLQ (or librdkafka's own message.max.bytes check, 1 MB, made before
+#: compression) accepts; dead-lettering it whole failed with MSG_SIZE_TOO_LARGE and crashed the
+#: agent on every retry. 64 KiB is well under the DLQ's max.message.bytes (1 MiB by default)
+#: and keeps any plausible bad event whole.
+DLQ_MAX_VALUE_BYTES = 64 * 1024
+#: Most bytes of the ``dlq.detail`` header (a reason's text may quote the bad input).
+DLQ_MAX_DETAIL_BYTES = 1024
+#: A full local queue is waited on this long (seconds), this many times, before a dead letter
+#: is given up (counted): the agent must not stall on a dead letter.
+DLQ_BUFFER_WAIT_S = 0.1
+DLQ_BUFFER_TRIES = 3
+#: One log line per failure kind per this many seconds (the metric counts each one).
+DLQ_LOG_EVERY_S = 60.0
+_dlq_log = LogLimiter(log, DLQ_LOG_EVERY_S)
+
+
+def dlq_copy(raw: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value the DLQ gets for ``raw`` and the headers that say what was cut: ``raw`` itself
+    when it fits :data:`DLQ_MAX_VALUE_BYTES`, else its head, with the original size and digest
+    (``dlq.original_size``, ``dlq.sha256``)."""
+    if len(raw) <= DLQ_MAX_VALUE_BYTES:
+        return raw, []
+    return raw[:DLQ_MAX_VALUE_BYTES], [
+        (DLQ_HEADER_ORIGINAL_SIZE, str(len(raw)).encode()),
+        (DLQ_HEADER_SHA256, hashlib.sha256(raw).hexdigest().encode())]
+
+
+def _dlq_failed(why: str, reason: str, error: object) -> None:
+    """Count a dead letter that did not reach the DLQ and say so, once per kind a minute."""
+    metrics.DEAD_LETTER_FAILURES.labels(why).inc()
+    _dlq_log.error(why, "dead letter (%s) not written to %s: %s: %s", reason,
+                   SIGNALING_DLQ.name, why, error)
+
+
+def _on_dlq_delivery(err: Any, msg: Any) -> None:
+    if err is not None:
+        headers = dict(msg.headers() or [])
+        _dlq_failed(metrics.DLQ_FAIL_DELIVERY,
+                    headers.get(DLQ_HEADER_REASON, b"?").decode(errors="replace"), err)
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -115,13 +161,33 @@ class KafkaSink:
         self._produce(SCORES.name, record.number.encode(), record.encode())
 
     def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None:
-        headers = [(DLQ_HEADER_REASON, reason.encode()), (DLQ_HEADER_DETAIL, detail.encode()),
+        """Send ``raw`` (cut to :data:`DLQ_MAX_VALUE_BYTES`, see :func:`dlq_copy`) to the DLQ.
+
+        Never raises: bad input must not stop the agent, and a dead letter that cannot be
+        written (local queue full, refused by the client, or by the broker later) is counted
+        in ``dialguard_dead_letter_failures_total{reason}`` and logged once per kind a minute.
+        """
+        value, cut = dlq_copy(raw)
+        headers = [(DLQ_HEADER_REASON, reason.encode()),
+                   (DLQ_HEADER_DETAIL, detail.encode()[:DLQ_MAX_DETAIL_BYTES]),
                    (DLQ_HEADER_SOURCE, self.source.encode()),
                    (DLQ_HEADER_TOPIC, origin.topic.encode()),
                    (DLQ_HEADER_PARTITION, str(origin.partition).encode()),
                    (DLQ_HEADER_OFFSET, str(origin.offset).encode()),
-                   (DLQ_HEADER_INDEX, str(origin.index).encode())]
-        self._produce(SIGNALING_DLQ.name, None, raw, headers)
+                   (DLQ_HEADER_INDEX, str(origin.index).encode())] + cut
+        for attempt in range(DLQ_BUFFER_TRIES):
+            try:
+                self.producer.produce(SIGNALING_DLQ.name, value=value, key=None, headers=headers,
+                                      on_delivery=_on_dlq_delivery)
+                return
+            except BufferError as exc:
+                if attempt + 1 == DLQ_BUFFER_TRIES:
+                    _dlq_failed(metrics.DLQ_FAIL_BUFFER_FULL, reason, exc)
+                    return
+                self.producer.poll(DLQ_BUFFER_WAIT_S)  # local queue full: let it drain
+            except KafkaException as exc:
+                _dlq_failed(metrics.DLQ_FAIL_PRODUCE, reason, exc)
+                return
 
     def poll(self) -> None:
         self.producer.poll(0)

@@ -33,6 +33,17 @@ HEADER = struct.Struct("!4sH")
 CHUNK_HEADER = struct.Struct("!HHH")
 #: The u16 length field caps a packet at this many bytes.
 MAX_PACKET = 0xFFFF
+#: Most bytes a compressed payload (chunk 16) may inflate to: far above any SIP message (a
+#: few KiB; one over UDP is at most 64 KiB), far below what hurts. Why a cap: zlib inflates
+#: about 1000:1, so one 60 KB datagram inflated whole to 62 MB (+290 MB RSS in the collector);
+#: past the cap it is a bomb, not a message, and is rejected without inflating the rest.
+MAX_INFLATED = 256 * 1024
+#: Default cap on the length field of a packet framed from a stream (TCP, ``.hep`` files;
+#: ``DIALGUARD_HEP_TCP_MAX_FRAME_BYTES`` for the collector). Why below :data:`MAX_PACKET`: a
+#: garbage length field near 64 KiB would hold every good packet behind it until that many
+#: more bytes arrived; a length past the cap is known bad at once and framing resyncs. Real
+#: siptrace packets (SIP + about 100 bytes of chunks) are a few KiB.
+DEFAULT_MAX_FRAME = 16 * 1024
 
 # Generic chunk types (vendor 0), from the HEP/EEP proposal as Kamailio reads it.
 CHUNK_IP_FAMILY = 1
@@ -65,8 +76,12 @@ REASON_BAD_MAGIC = "bad_magic"
 REASON_TRUNCATED = "truncated"
 REASON_BAD_CHUNK = "bad_chunk"
 REASON_NO_PAYLOAD = "no_payload"
+#: A compressed payload inflating past :data:`MAX_INFLATED`.
+REASON_INFLATE_TOO_LARGE = "hep_inflate_too_large"
+#: A framed packet's length field shorter than the header or past the stream's frame cap.
+REASON_BAD_LENGTH = "bad_length"
 HEP_REASONS: tuple[str, ...] = (REASON_BAD_MAGIC, REASON_TRUNCATED, REASON_BAD_CHUNK,
-                                REASON_NO_PAYLOAD)
+                                REASON_NO_PAYLOAD, REASON_INFLATE_TOO_LARGE, REASON_BAD_LENGTH)
 
 
 class HepError(InvalidEvent):
@@ -113,6 +128,22 @@ def _ip(value: bytes, ctype: int, size: int) -> str:
         raise HepError(REASON_BAD_CHUNK, f"chunk type {ctype}: {len(value)}-byte address, "
                                          f"expected {size}")
     return socket.inet_ntop(socket.AF_INET6 if size == 16 else socket.AF_INET, value)
+
+
+def _inflate(value: bytes) -> bytes:
+    """A compressed payload (zlib or gzip), inflated to at most :data:`MAX_INFLATED` bytes."""
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # zlib or gzip header
+    try:
+        out = inflater.decompress(value, MAX_INFLATED + 1)
+    except zlib.error as exc:
+        raise HepError(REASON_BAD_CHUNK, f"compressed payload: {exc}") from None
+    if len(out) > MAX_INFLATED:
+        raise HepError(REASON_INFLATE_TOO_LARGE,
+                       f"compressed payload of {len(value)} bytes inflates past "
+                       f"{MAX_INFLATED} bytes (the cap); not inflated further")
+    if not inflater.eof:
+        raise HepError(REASON_BAD_CHUNK, "compressed payload: incomplete or truncated stream")
+    return out
 
 
 def _text(value: bytes) -> str:
@@ -180,10 +211,7 @@ def decode(data: bytes) -> HepPacket:
         elif ctype == CHUNK_PAYLOAD:
             payload = value
         elif ctype == CHUNK_COMPRESSED_PAYLOAD:
-            try:
-                payload = zlib.decompress(value, wbits=zlib.MAX_WBITS | 32)  # zlib or gzip
-            except zlib.error as exc:
-                raise HepError(REASON_BAD_CHUNK, f"compressed payload: {exc}") from None
+            payload = _inflate(value)
         elif ctype == CHUNK_CORRELATION_ID:
             packet.correlation_id = _text(value)
         # Other generic types (keepalive timer, VLAN, MAC addresses, ...) carry nothing we use.
@@ -248,9 +276,17 @@ class HepStream:
     letter and framing resumes there. A capture agent keeps one long-lived connection, so
     closing it on the first bad byte would throw away every good packet queued behind it; a
     false ``HEP3`` inside a payload only costs one more rejected span, never a wrong event.
+
+    A length field shorter than the header or longer than ``max_frame`` is a bad frame: the
+    bytes up to the next ``HEP3`` are rejected (``bad_length``) at once, instead of waiting for
+    up to 64 KiB that would never make a packet while the good packets behind them wait.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not HEADER.size <= max_frame <= MAX_PACKET:
+            raise ValueError(f"a HEPv3 frame cap must be within {HEADER.size}..{MAX_PACKET} "
+                             f"bytes, not {max_frame}")
+        self.max_frame = max_frame
         self._buf = bytearray()
 
     @property
@@ -274,13 +310,16 @@ class HepStream:
                                f"{len(raw)} bytes before the next {MAGIC!r}: {raw[:16]!r}")
                 continue
             total = HEADER.unpack_from(buf)[1]
-            if total < HEADER.size:
+            if not HEADER.size <= total <= self.max_frame:
                 cut = buf.find(MAGIC, 4)
-                cut = len(buf) if cut < 0 else cut
+                if cut < 0:
+                    # Keep the last 3 bytes: they may be the start of a magic split by a read.
+                    cut = max(len(MAGIC), len(buf) - (len(MAGIC) - 1))
                 raw = bytes(buf[:cut])
                 del buf[:cut]
-                yield Rejected(raw, REASON_BAD_CHUNK, f"length field {total} is shorter than "
-                                                      "the header")
+                yield Rejected(raw, REASON_BAD_LENGTH,
+                               f"length field {total} is outside {HEADER.size}..{self.max_frame} "
+                               f"bytes; {len(raw)} bytes skipped to the next {MAGIC!r}")
                 continue
             if len(buf) < total:
                 break

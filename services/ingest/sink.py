@@ -25,7 +25,7 @@ from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOU
                             DLQ_HEADER_TOPIC, EventValidator, InvalidEvent, SignalingEvent,
                             encode_batch)
 from streams.batches import PartitionBatches
-from streams.sink import producer_config
+from streams.sink import DLQ_MAX_DETAIL_BYTES, dlq_copy, producer_config
 from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
 
 log = logging.getLogger("dialguard.ingest")
@@ -108,10 +108,12 @@ class EventSink:
 
     def dead_letter(self, raw: bytes, reason: str, detail: str) -> None:
         """The original bytes, untouched, with why they could not become an event."""
-        headers = [(DLQ_HEADER_REASON, reason.encode()), (DLQ_HEADER_DETAIL, detail.encode()),
+        value, cut = dlq_copy(raw)  # an oversized input is cut, its size and digest kept
+        headers = [(DLQ_HEADER_REASON, reason.encode()),
+                   (DLQ_HEADER_DETAIL, detail.encode()[:DLQ_MAX_DETAIL_BYTES]),
                    (DLQ_HEADER_SOURCE, self.source.encode()),
-                   (DLQ_HEADER_TOPIC, b"")]
-        self._produce(SIGNALING_DLQ.name, None, raw, headers)
+                   (DLQ_HEADER_TOPIC, b"")] + cut
+        self._produce(SIGNALING_DLQ.name, None, value, headers)
         self.dead[reason] += 1
         INGEST_DEAD.labels(self.source, reason).inc()
         log.debug("dead letter from %s: %s (%s)", self.source, reason, detail)

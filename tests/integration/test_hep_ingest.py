@@ -10,13 +10,16 @@ back only its own events from the shared ``signaling.events``.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
@@ -43,26 +46,36 @@ READ_TIMEOUT_S = 60.0
 EXPECTED_KINDS = {callee: spec["kinds"] for callee, spec in kamailio_trace.EXPECTED.items()}
 
 
-def _env(settings: Settings, switch: str) -> dict[str, str]:
+def _env(settings: Settings, switch: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
     env.update(DIALGUARD_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, DIALGUARD_SIP_SWITCH=switch,
                PYTHONUNBUFFERED="1")
+    env.update(extra or {})
     return env
 
 
 class Collector:
-    """``dialguard ingest hep`` in a subprocess on free ports; stderr kept in a file."""
+    """``dialguard ingest hep`` in a subprocess on free ports; stderr kept in a file.
 
-    def __init__(self, settings: Settings, workdir: Path) -> None:
+    ``env``: extra ``DIALGUARD_*`` settings; ``max_open_files``: the process's open-file limit
+    (soft and hard), to run out of descriptors with hundreds of connections, not 20,000."""
+
+    def __init__(self, settings: Settings, workdir: Path, env: dict[str, str] | None = None,
+                 max_open_files: int = 0) -> None:
         self.port, self.metrics_port = free_ports(2)
         self.switch = f"sw-{uuid.uuid4().hex[:8]}"
         self.log = workdir / f"collector-{self.switch}.log"
+
+        def limit_files() -> None:
+            if max_open_files:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "ingest", "hep", "--host", "127.0.0.1",
                  "--port", str(self.port), "--metrics-port", str(self.metrics_port)],
-                cwd=REPO_ROOT, env=_env(settings, self.switch), stdout=log,
-                stderr=subprocess.STDOUT)
+                cwd=REPO_ROOT, env=_env(settings, self.switch, env), stdout=log,
+                stderr=subprocess.STDOUT, preexec_fn=limit_files)
         deadline = time.monotonic() + START_TIMEOUT_S
         while "listening" not in self.output():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -171,13 +184,25 @@ def dead_letters(reader: TopicReader, marker: bytes) -> list[tuple[str, str, byt
     return out
 
 
+def zip_bomb(marker: bytes, ts_sec: int) -> bytes:
+    """A HEP packet (about 60 KB) whose compressed payload inflates to 62 MB; ``marker`` rides
+    in a vendor chunk."""
+    raw = hep.encode(hep.HepPacket(payload=b"x", ts_sec=ts_sec, vendor_chunks={(9, 1): marker}))
+    plain = hep.CHUNK_HEADER.pack(0, hep.CHUNK_PAYLOAD, 7) + b"x"
+    packed = zlib.compress(b"\x00" * 62_000_000, 9)
+    raw = raw.replace(plain, hep.CHUNK_HEADER.pack(0, hep.CHUNK_COMPRESSED_PAYLOAD,
+                                                   6 + len(packed)) + packed)
+    return raw[:4] + struct.pack("!H", len(raw)) + raw[6:]
+
+
 def garbage(marker: bytes, sample: hep.HepPacket) -> dict[str, bytes]:
     """One bad input per reason, each carrying ``marker`` so the test finds its dead letters."""
     log = hep.HepPacket(payload=b"log line " + marker, ts_sec=sample.ts_sec, proto_type=100)
     not_sip = hep.HepPacket(payload=b"hello " + marker + b"\r\n\r\n", ts_sec=sample.ts_sec)
     cut = hep.encode(hep.HepPacket(payload=marker + sample.payload, ts_sec=sample.ts_sec))
     return {"bad_magic": b"GARBAGE " + marker, "truncated": cut[:len(cut) - 40],
-            "not_sip": hep.encode(log), "sip_parse_error": hep.encode(not_sip)}
+            "not_sip": hep.encode(log), "sip_parse_error": hep.encode(not_sip),
+            hep.REASON_INFLATE_TOO_LARGE: zip_bomb(marker, sample.ts_sec)}
 
 
 def fixture_packets() -> list[bytes]:
@@ -210,17 +235,23 @@ def test_udp_replay_of_kamailio_trace_publishes_each_call_once(collector, events
     metrics = collector.metrics()
     assert 'dialguard_ingest_events_total{kind="attempt",source="hep"} 5.0' in metrics
     assert 'dialguard_ingest_dead_letters_total{reason="not_sip",source="hep"} 1.0' in metrics
+    assert ('dialguard_ingest_dead_letters_total{reason="hep_inflate_too_large",source="hep"} '
+            '1.0') in metrics
     assert 'dialguard_ingest_ignored_total{source="hep",why="retransmission"}' in metrics
     assert collector.stop() == 0
     out = collector.output()
-    assert "12 events published" in out and "4 dead-lettered" in out, out
+    assert "12 events published" in out and "5 dead-lettered" in out, out
 
 
 def test_tcp_stream_with_garbage_and_a_cut_packet(collector, events_reader, dlq_reader):
     packets = fixture_packets()
     marker = uuid.uuid4().hex.encode()
     junk = b"\x00\x00JUNK " + marker
-    stream = b"".join(packets[:20]) + junk + b"".join(packets[20:])
+    # A frame whose length field is garbage (past any real packet): it must not hold the
+    # packets behind it until 64 KiB more arrive.
+    bad_length = b"HEP3\xff\xf0" + b"LENGTH " + marker
+    stream = (b"".join(packets[:20]) + junk + b"".join(packets[20:30]) + bad_length
+              + b"".join(packets[30:]))
     tail = hep.encode(hep.HepPacket(payload=b"INVITE " + marker, ts_sec=1))[:30]
     sock = socket.create_connection(("127.0.0.1", collector.port))
     try:
@@ -232,13 +263,90 @@ def test_tcp_stream_with_garbage_and_a_cut_packet(collector, events_reader, dlq_
     events = read_events(events_reader, collector.switch, 12)
     check_recorded_calls(events)
     dlq_reader.poll_until(lambda _: len(dead_letters(dlq_reader, marker)) >= 1, READ_TIMEOUT_S)
-    assert [r for r, _, _ in dead_letters(dlq_reader, marker)] == ["bad_magic"]
+    dlq_reader.poll_until(lambda _: len(dead_letters(dlq_reader, marker)) >= 2, READ_TIMEOUT_S)
+    assert sorted(r for r, _, _ in dead_letters(dlq_reader, marker)) == ["bad_length",
+                                                                        "bad_magic"]
     # The cut packet at the end of the connection is dead-lettered as truncated (its bytes
     # are only HEP header and chunks, so find it by the collector's count instead of a marker).
     deadline = time.monotonic() + READ_TIMEOUT_S
     while 'reason="truncated",source="hep"} 1.0' not in collector.metrics():
         assert time.monotonic() < deadline, collector.metrics()
         time.sleep(0.2)
+
+
+def metric_value(metrics: str, series: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+#: Open-file limit of the collector in the connection-cap test, and its connection cap: idle
+#: connections beyond the limit used to exhaust descriptors (accept errors, a silent metrics
+#: endpoint); under a cap the surplus is accepted and closed at once.
+CAP_TEST_OPEN_FILES = 200
+CAP_TEST_MAX_CONNECTIONS = 50
+CAP_TEST_CONNECTIONS = 300
+
+
+def test_tcp_connections_past_the_cap_are_closed_and_the_collector_keeps_working(
+        broker_settings, events_reader, tmp_path):
+    c = Collector(broker_settings, tmp_path, max_open_files=CAP_TEST_OPEN_FILES,
+                  env={"DIALGUARD_HEP_TCP_MAX_CONNECTIONS": str(CAP_TEST_MAX_CONNECTIONS)})
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(CAP_TEST_CONNECTIONS):
+            socks.append(socket.create_connection(("127.0.0.1", c.port), timeout=10))
+        over = CAP_TEST_CONNECTIONS - CAP_TEST_MAX_CONNECTIONS
+        series = 'dialguard_ingest_hep_tcp_closed_total{why="over_cap"}'
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while metric_value(c.metrics(), series) < over:  # the metrics endpoint answers
+            assert time.monotonic() < deadline, c.metrics()
+            time.sleep(0.2)
+        metrics = c.metrics()
+        assert metric_value(metrics, series) == over
+        assert metric_value(metrics, "dialguard_ingest_hep_tcp_connections_open") == \
+            CAP_TEST_MAX_CONNECTIONS
+        # Still ingesting: the recorded calls over UDP while every slot is taken.
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for raw in fixture_packets():
+                udp.sendto(raw, ("127.0.0.1", c.port))
+                time.sleep(0.002)
+        finally:
+            udp.close()
+        check_recorded_calls(read_events(events_reader, c.switch, 12))
+        # One log line for the surplus, not one per connection; never out of descriptors.
+        assert c.output().count("closed at once") == 1, c.output()[-2000:]
+        assert metric_value(metrics, "dialguard_ingest_hep_tcp_accept_errors_total") == 0
+        assert "Too many open files" not in c.output()
+        # The surplus is gone and the slots are taken: closing ours frees them for others.
+        for sock in socks:
+            sock.close()
+        socks.clear()
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while metric_value(c.metrics(), "dialguard_ingest_hep_tcp_connections_open") > 0:
+            assert time.monotonic() < deadline, c.metrics()
+            time.sleep(0.2)
+    finally:
+        for sock in socks:
+            sock.close()
+        c.stop()
+
+
+def test_idle_tcp_connection_is_closed(broker_settings, tmp_path):
+    c = Collector(broker_settings, tmp_path, env={"DIALGUARD_HEP_TCP_IDLE_TIMEOUT_S": "0.5"})
+    try:
+        sock = socket.create_connection(("127.0.0.1", c.port), timeout=READ_TIMEOUT_S)
+        try:
+            sock.sendall(fixture_packets()[0])  # some traffic, then silence
+            assert sock.recv(1) == b""  # the collector closed it (a timeout would raise)
+        finally:
+            sock.close()
+        assert metric_value(c.metrics(),
+                            'dialguard_ingest_hep_tcp_closed_total{why="idle"}') == 1
+    finally:
+        c.stop()
 
 
 def test_live_kamailio_siptrace_to_collector(collector, events_reader, tmp_path):

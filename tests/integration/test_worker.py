@@ -13,11 +13,14 @@ import uuid
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 from services.control_client import publish_policy
 from services.simulator import Scenario, Simulation
 from streams.policy import Policy
-from streams.schema import DLQ_HEADER_REASON, SignalingEvent
+from streams.schema import DLQ_HEADER_ORIGINAL_SIZE, DLQ_HEADER_REASON, SignalingEvent
+from streams.sink import DLQ_MAX_VALUE_BYTES, producer_config
+from streams.topics import SIGNALING_EVENTS
 from tests.integration.worker_harness import (DECISIONS, SCORES, SIGNALING_DLQ, TopicReader,
                                               HarnessWorker, decisions_of, produce_events,
                                               produce_raw, scores_of)
@@ -139,6 +142,42 @@ def test_malformed_records_land_in_the_dlq_and_the_worker_keeps_going(worker, br
                                until=lambda ds: any(d.action == "block" for d in ds))
     assert any(d.action == "block" for d in decisions)
     assert worker.alive()
+
+
+#: Records over every size limit that compress small enough to pass the broker (issue 12: 150
+#: of them stalled a worker ~12 minutes, each dead letter crashing the agent).
+HUGE_RECORDS = 20
+HUGE_RECORD_BYTES = 5_000_000
+
+
+def test_oversized_records_are_dead_lettered_truncated_and_the_worker_keeps_going(
+        worker, broker_settings):
+    marker = uuid.uuid4().hex.encode()
+    huge = [(marker + b" %03d " % i).ljust(HUGE_RECORD_BYTES, b" ") for i in range(HUGE_RECORDS)]
+    producer = Producer({**producer_config(broker_settings), "message.max.bytes": 10_000_000})
+    for value in huge:
+        producer.produce(SIGNALING_EVENTS.name, key=b"k-huge", value=value)
+    assert producer.flush(30) == 0  # lz4 makes each a few KB: the broker takes them
+    number = "8617000000778"
+    produce_events(broker_settings, robot_burst(number, time.time() - 2 * 3600, seed=8))
+    reader = TopicReader(broker_settings, SIGNALING_DLQ.name)
+    try:
+        assert reader.poll_until(lambda msgs: sum(1 for m in msgs if (m.value() or b"")
+                                                  .startswith(marker)) >= HUGE_RECORDS, 120)
+        letters = [m for m in reader.messages if (m.value() or b"").startswith(marker)]
+    finally:
+        reader.close()
+    assert len(letters) == HUGE_RECORDS
+    for msg in letters:
+        headers = dict(msg.headers() or [])
+        assert headers[DLQ_HEADER_REASON] == b"not_json"
+        assert headers[DLQ_HEADER_ORIGINAL_SIZE] == str(HUGE_RECORD_BYTES).encode()
+        assert len(msg.value()) == DLQ_MAX_VALUE_BYTES
+    decisions = wait_decisions(broker_settings, {number},
+                               until=lambda ds: any(d.action == "block" for d in ds))
+    assert any(d.action == "block" for d in decisions)
+    assert worker.alive()
+    assert "MSG_SIZE_TOO_LARGE" not in worker.tail(200)
 
 
 def test_policy_change_applies_without_restart(worker, broker_settings):

@@ -188,3 +188,67 @@ def test_mangled_packets_fail_only_with_a_reason(packets):
     print(outcomes)
     assert {"ok", "truncated", "bad_chunk", "sip_parse_error"} <= set(outcomes)
     assert len(tracker) <= 10
+
+
+def _with_compressed_payload(packed: bytes) -> bytes:
+    """A HEPv3 packet whose payload chunk is the compressed (type 16) ``packed``."""
+    body = bytearray(hep.encode(hep.HepPacket(payload=b"x", ts_sec=1)))
+    plain = hep.CHUNK_HEADER.pack(0, hep.CHUNK_PAYLOAD, 7) + b"x"
+    body = body[:-len(plain)] + hep.CHUNK_HEADER.pack(0, hep.CHUNK_COMPRESSED_PAYLOAD,
+                                                      6 + len(packed)) + packed
+    body[4:6] = struct.pack("!H", len(body))
+    return bytes(body)
+
+
+def test_compressed_payload_inflating_past_the_cap_is_rejected_without_inflating_it():
+    """A 60 KB datagram of zeros deflated 1000:1 used to inflate whole (62 MB); the decoder
+    stops at the cap and rejects it with its own reason, holding little memory meanwhile."""
+    import tracemalloc
+
+    packed = zlib.compress(b"\x00" * 62_000_000, 9)
+    raw = _with_compressed_payload(packed)
+    assert len(raw) < 65_535
+    tracemalloc.start()
+    try:
+        with pytest.raises(hep.HepError) as err:
+            hep.decode(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.reason == hep.REASON_INFLATE_TOO_LARGE
+    assert str(hep.MAX_INFLATED) in err.value.detail
+    assert hep.REASON_INFLATE_TOO_LARGE in hep.HEP_REASONS
+    print(f"\n{len(raw)}-byte packet: peak {peak / 1e6:.2f} MB traced while decoding")
+    assert peak < 4 * hep.MAX_INFLATED
+
+
+def test_compressed_payload_up_to_the_cap_is_inflated_and_a_cut_stream_is_bad_chunk():
+    payload = b"INVITE sip:1@x SIP/2.0\r\n" + b"a" * (hep.MAX_INFLATED - 24)
+    assert len(payload) == hep.MAX_INFLATED
+    assert hep.decode(_with_compressed_payload(zlib.compress(payload))).payload == payload
+    with pytest.raises(hep.HepError) as err:
+        hep.decode(_with_compressed_payload(zlib.compress(payload)[:-10]))
+    assert err.value.reason == hep.REASON_BAD_CHUNK
+
+
+@pytest.mark.parametrize("bad_length", [0xFFFF, 3])
+def test_stream_skips_a_frame_with_a_bad_length_to_the_next_packet(packets, bad_length):
+    """A garbage length field (past the frame cap, or shorter than the header) must not hold
+    the good packets behind it until 64 KiB more arrive: the bytes up to the next ``HEP3`` are
+    rejected (dead-lettered by the collector) and framing resumes there."""
+    a, b, c = (p.raw for p in packets[:3])
+    bad = b"HEP3" + struct.pack("!H", bad_length) + b"\x00\x01junk"
+    stream = hep.HepStream(max_frame=4096)
+    items = list(stream.feed(a + bad + b + c))
+    assert [type(i).__name__ for i in items] == ["HepPacket", "Rejected", "HepPacket",
+                                                 "HepPacket"]
+    assert items[1].reason == hep.REASON_BAD_LENGTH and items[1].raw == bad
+    assert str(bad_length) in items[1].detail
+    assert [items[2].raw, items[3].raw] == [b, c]
+    assert stream.pending == 0
+
+
+def test_stream_frame_cap_keeps_real_packets(kamailio_bytes, packets):
+    """The default cap is far above any real packet: the Kamailio capture frames as before."""
+    assert max(len(p.raw) for p in packets) < hep.DEFAULT_MAX_FRAME
+    assert [p.raw for p in hep.read_file(kamailio_bytes)] == [p.raw for p in packets]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.kamailio_process import KamailioProcess, kamailio_string
+from services.kamailio_process import KamailioProcess, RpcError, kamailio_string
 from services.switch_adapter import (BLOCKED_VALUE, SKIP_DRY_RUN, SKIP_LABEL, SKIP_OLDER,
                                      SKIP_UNKNOWN, RpcOp, Tables, backoff_delays, fold_latest,
                                      plan_decision, rebuild_plan, remaining_ttl, version_of)
@@ -181,3 +181,87 @@ def test_cfg_never_screens_the_policys_emergency_numbers() -> None:
                           redress="r", prefix_min_digits=6)
     assert kam.defines()["EMERGENCY"] == kamailio_string(emergency_regex())
     assert kam.defines()["PREFIX_MIN_DIGITS"] == "6"
+
+
+class FakeKamailio:
+    """A Kamailio's htables and uptime, driven through the adapter's RPC interface."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, object]] = {}
+        self.up_since = "Sun Nov 29 09:00:00 2026"
+        self.uptime = 100.0
+        self.down = False
+        #: Table writes fail (the switch went away between the uptime and the writes).
+        self.refuse_writes = False
+
+    def call(self, method: str, *params: object) -> object:
+        if self.down:
+            raise RpcError(f"{method}: connection refused")
+        if method == "core.uptime":
+            return {"now": "", "up_since": self.up_since, "uptime": self.uptime}
+        raise AssertionError(method)
+
+    def run(self, op) -> None:
+        if self.down or self.refuse_writes:
+            raise RpcError(f"{op.method}: connection refused")
+        table, key = op.params[0], op.params[1]
+        if op.method == "htable.delete":
+            self.tables.get(table, {}).pop(key, None)
+        else:
+            self.tables.setdefault(table, {})[key] = op.params[2]
+
+    def restart(self) -> None:
+        self.tables.clear()
+        self.up_since = "Sun Nov 29 10:00:00 2026"
+        self.uptime = 1.0
+
+
+def resync_adapter(kam: FakeKamailio):
+    from services.settings import Settings
+    from services.switch_adapter import SwitchAdapter
+
+    settings = Settings.from_env(environ={}, kafka_bootstrap="127.0.0.1:1",
+                                 adapter_retry_attempts=1)
+    return SwitchAdapter(settings, rpc=kam, clock=lambda: NOW, progress=None)  # type: ignore[arg-type]
+
+
+def test_a_restarted_switch_gets_the_decisions_in_force_again():
+    from services.switch_adapter import RESYNCS
+
+    kam = FakeKamailio()
+    adapter = resync_adapter(kam)
+    blocked, limited, lifted, lapsed = "8613800000001", "8613800000002", "8613800000003", \
+        "8613800000004"
+    adapter.handle(decision("block", number=blocked))
+    adapter.handle(decision("rate_limit", number=limited))
+    adapter.handle(decision("block", number=lifted))
+    adapter.handle(decision("unblock", number=lifted, decided_at=NOW - 50))
+    adapter.handle(decision("block", number=lapsed, ttl_s=120, decided_at=NOW - 100))
+    assert not adapter.check_switch(force=True)  # first look: nothing to compare with
+    kam.uptime += 30
+    assert not adapter.check_switch(force=True)  # same Kamailio, older
+    assert set(kam.tables["blocked"]) == {blocked, lapsed}
+
+    before = RESYNCS._value.get()
+    kam.restart()
+    assert adapter.check_switch(force=True)
+    assert RESYNCS._value.get() == before + 1
+    assert set(kam.tables["blocked"]) == {blocked, lapsed}  # lapsed: 20 s left at NOW
+    assert set(kam.tables["ratelimit"]) == {limited}
+
+
+def test_a_switch_restarted_while_unreachable_or_mid_resync_is_healed_at_the_next_look():
+    kam = FakeKamailio()
+    adapter = resync_adapter(kam)
+    adapter.handle(decision("block", number="8613800000001"))
+    adapter.check_switch(force=True)
+    kam.restart()
+    kam.down = True
+    assert not adapter.check_switch(force=True)  # down: cannot even tell
+    kam.down = False
+    kam.refuse_writes = True
+    assert not adapter.check_switch(force=True)  # restart seen, the writes fail
+    assert "blocked" not in kam.tables
+    kam.refuse_writes = False
+    assert adapter.check_switch(force=True)  # same Kamailio now, the resync is finished
+    assert set(kam.tables["blocked"]) == {"8613800000001"}
