@@ -55,9 +55,13 @@ def _topics_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def _worker_cmd(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG001
     # Faust parses its own argv; hand it a clean one.
     sys.argv = [sys.argv[0], "worker", "-l", args.loglevel]
-    from streams.app import main as worker_main
+    from streams.app import DataFolderInUse, main as worker_main
 
-    worker_main()
+    try:
+        worker_main()
+    except DataFolderInUse as exc:
+        print(f"dialguard worker: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

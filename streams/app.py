@@ -27,6 +27,7 @@ Why the agents look the way they do:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import ssl
 import time
@@ -53,6 +54,7 @@ CONTROL_CATCHUP_TIMEOUT_S = 15.0
 TABLE_NAME = "caller-state"
 SOURCE_TABLE_NAME = "source-state"
 LAG_INTERVAL_S = 5.0
+DATA_LOCK_NAME = ".worker.lock"
 #: FAIR_TURNS: an agent whose queue holds records never waits on it, so without a yield one
 #: stage would run through its whole backlog while the other stage, the timers and the
 #: metrics endpoint starve (seen in ``make bench``: the source stage idle for seconds). Each
@@ -90,6 +92,8 @@ app = faust.App(
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",
     web_host="127.0.0.1",
+    # web_host only names the URL; without web_bind Faust listens on every interface.
+    web_bind="127.0.0.1",
     web_port=settings.worker_web_port,
     web_in_thread=False,
     # Held records are released by our commit, not by the agent moving on; Faust must not
@@ -313,9 +317,32 @@ def ensure_changelogs() -> None:
                   "table key", "state bytes") for table in (state_table, source_table)])
 
 
+class DataFolderInUse(RuntimeError):
+    """Another worker holds this data folder (RocksDB allows one process per folder)."""
+
+
+def lock_data_folder() -> Any:
+    """Hold an exclusive lock on the worker's data folder for the life of the process.
+
+    Two workers on one folder failed deep inside RocksDB with a raw ``LOCK`` error; this says
+    which folder and what to set instead, before anything starts.
+    """
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    handle = (settings.worker_dir / DATA_LOCK_NAME).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataFolderInUse(
+            f"another worker is running on {settings.worker_dir}; give each worker its own "
+            "DIALGUARD_HOME (the folder is per host name inside it), and its own "
+            "DIALGUARD_WORKER_WEB_PORT and DIALGUARD_METRICS_PORT") from None
+    return handle
+
+
 def main(argv: list[str] | None = None, loglevel: str = "info") -> None:
     """Run one worker (blocking). Scale out by starting more with distinct ports and datadirs."""
-    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_data_folder()  # noqa: F841 - held until the process exits
     ensure_changelogs()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

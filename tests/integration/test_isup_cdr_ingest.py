@@ -23,6 +23,7 @@ from services.admin import watermarks
 from services.settings import REPO_ROOT, Settings
 from streams.schema import DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOURCE, EventValidator
 from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
+from tests.integration.worker_harness import events_in
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +53,10 @@ class Since:
     def _end(self, tp: TopicPartition) -> int:
         return watermarks(self.consumer, tp)[1]
 
-    def read(self, count: int, timeout: float = READ_TIMEOUT_S, quiet_s: float = 2.0) -> list:
-        """Until ``count`` messages came and nothing more for ``quiet_s`` (so extras show)."""
+    def read(self, count: int, timeout: float = READ_TIMEOUT_S, quiet_s: float = 2.0,
+             size=len) -> list:
+        """Until ``count`` items came (``size`` of the messages: how many records, or events
+        for batch records) and nothing more for ``quiet_s`` (so extras show)."""
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
@@ -61,7 +64,7 @@ class Since:
             if fresh:
                 self.messages.extend(fresh)
                 last = time.monotonic()
-            elif len(self.messages) >= count and time.monotonic() - last >= quiet_s:
+            elif size(self.messages) >= count and time.monotonic() - last >= quiet_s:
                 break
         return self.messages
 
@@ -85,16 +88,16 @@ def ingest(settings: Settings, n_events: int, n_dead: int, *args: str,
     try:
         done = run_cli(settings, *args, stdin=stdin)
         print(done.stderr.decode()[-2000:])
-        evs, dead = events.read(n_events), dlq.read(n_dead)
+        evs = events.read(n_events, size=lambda ms: sum(
+            len(events_in(m, settings.topic_partitions)) for m in ms))
+        dead = dlq.read(n_dead)
     finally:
         events.close()
         dlq.close()
     validator = EventValidator.of(settings)
-    decoded = []
-    for m in evs:
-        ev = validator.decode(m.value())  # what the worker will accept, unchanged
-        assert m.key() == ev.caller.encode()
-        decoded.append(ev)
+    # What the worker will accept, unchanged; events_in checks each sits in its caller's
+    # partition.
+    decoded = [validator.check(e) for m in evs for e in events_in(m, settings.topic_partitions)]
     letters = [(m.value(), {k: v.decode() for k, v in m.headers()}) for m in dead]
     return done, decoded, letters
 

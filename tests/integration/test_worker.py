@@ -295,3 +295,38 @@ def test_restarted_worker_keeps_its_source_counters(worker, broker_settings):
                              for s in scores_of(msgs)), timeout=90)
     finally:
         reader.close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp shows them) with a socket listening on port."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(addr)
+    return found
+
+
+def test_web_port_listens_on_loopback_only(worker):
+    addresses = listening_addresses(worker.web_port)
+    assert addresses, "Faust's web port is not listening"
+    assert addresses <= {"0100007F"}, addresses  # 127.0.0.1 only, not 0.0.0.0 or ::
+
+
+def test_a_second_worker_on_the_same_data_folder_says_what_to_set(worker, broker_settings):
+    import subprocess
+    import sys
+
+    from services.settings import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "services.cli", "worker"], env=worker.env(),
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "another worker is running on" in proc.stderr and "DIALGUARD_HOME" in proc.stderr
+    assert "LOCK" not in proc.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+
+import orjson
 from pathlib import Path
 from typing import Iterable
 
@@ -14,7 +16,7 @@ from services.settings import Settings
 from services.worker_process import WorkerProcess
 from streams.schema import Decision, ScoreRecord, SignalingEvent
 from streams.sink import producer_config
-from streams.topics import DECISIONS, SCORES, SIGNALING_DLQ, SIGNALING_EVENTS
+from streams.topics import DECISIONS, SCORES, SIGNALING_DLQ, SIGNALING_EVENTS, partition_for
 
 START_TIMEOUT_S = 90.0
 TEST_ENV = {"DIALGUARD_FLUSH_INTERVAL_S": "0.2", "DIALGUARD_CHECKPOINT_INTERVAL_S": "2",
@@ -61,6 +63,17 @@ def produce_raw(settings: Settings, records: Iterable[tuple[bytes | None, bytes]
     assert producer.flush(30) == 0
 
 
+def events_in(message, partitions: int) -> list[dict]:
+    """The events one record of ``signaling.events`` carries (one object, or a batch record),
+    each checked to sit in the partition its caller's key hashes to (where its state lives)."""
+    value = orjson.loads(message.value())
+    events = value if isinstance(value, list) else [value]
+    for ev in events:
+        want = partition_for(ev["caller"].encode(), partitions)
+        assert message.partition() == want, (ev["caller"], message.partition(), want)
+    return events
+
+
 class TopicReader:
     """Reads a topic from the beginning and keeps everything it saw."""
 
@@ -98,5 +111,5 @@ def scores_of(messages) -> list[ScoreRecord]:
     return [ScoreRecord.decode(m.value()) for m in messages if m.value() is not None]
 
 
-__all__ = ["HarnessWorker", "TopicReader", "produce_events", "produce_raw", "decisions_of",
+__all__ = ["HarnessWorker", "TopicReader", "events_in", "produce_events", "produce_raw", "decisions_of",
            "scores_of", "free_port", "DECISIONS", "SCORES", "SIGNALING_DLQ"]
