@@ -84,24 +84,25 @@ class MicroBatch:
         """Make everything folded so far durable, in the order of the module docstring.
         Returns False when outputs were not acknowledged in time (retried next commit)."""
         self.last_commit = self.clock()
-        if not self.outputs.deliver(self.deliver_timeout_s):
-            self.postponed += 1
-            log.warning("outputs not acknowledged by the broker within %.0fs: state and "
-                        "offsets held back, retried at the next commit",
-                        self.deliver_timeout_s)
+        if not self._delivered("outputs"):
             return False
         for stage in self.stages:
             stage.persist()
-        if not self.outputs.deliver(self.deliver_timeout_s):
-            self.postponed += 1
-            log.warning("state not acknowledged by the broker within %.0fs: offsets held "
-                        "back, retried at the next commit", self.deliver_timeout_s)
+        if not self._delivered("state"):
             return False
         held, self.held = self.held, []
         for record in held:
             record.ack()
         self.commits += 1
         return True
+
+    def _delivered(self, what: str) -> bool:
+        if self.outputs.deliver(self.deliver_timeout_s):
+            return True
+        self.postponed += 1
+        log.warning("%s not acknowledged by the broker within %.0fs: offsets held back, "
+                    "retried at the next commit", what, self.deliver_timeout_s)
+        return False
 
     def forget(self) -> int:
         """Drop held records without acknowledging them (their partitions were taken away:
