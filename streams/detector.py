@@ -236,6 +236,9 @@ class Detector:
 
     def fold(self, ev: SignalingEvent, ctx: Any = None, where: Folded | None = None) -> None:
         """Fold one valid event; ``where`` it was read from, when it came from Kafka."""
+        if ev.caller_class is not None:
+            self._pass_unnumbered(ev, where)
+            return
         state = self._state(ev.caller)
         if where is not None:
             if state.folded is not None and state.folded.covers(*where):
@@ -269,6 +272,18 @@ class Detector:
             decision = self._score(ev.caller, state)
             if decision is not None:
                 self.decisions.append(decision)
+
+    def _pass_unnumbered(self, ev: SignalingEvent, where: Folded | None) -> None:
+        """A call whose caller is not a number (withheld, invalid): no per-number state (it
+        is nobody's number), but its trunk counts it. Its source event carries the record's
+        position, so the source stage skips it on replay."""
+        self.tally.add(metrics.EVENTS_IN, ev.proto, ev.kind)
+        self.tally.add(metrics.UNNUMBERED_CALLERS, ev.caller_class or "")
+        origin = NOWHERE if where is None else where
+        self.sink.source_event(SourceEvent.of(
+            decision_key(SCOPE_TRUNK, trunk_id(ev.switch, ev.trunk)), ev, False, 1, origin))
+        self.tally.add(metrics.SOURCE_EVENTS_OUT, "trunk")
+        self.pending += 1
 
     def _forward(self, ev: SignalingEvent, state: CallerState, where: Folded | None) -> None:
         """Re-key the event by where it came from, for the source stage (streams.source_*):

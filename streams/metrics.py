@@ -75,6 +75,9 @@ SHADOW_DECISIONS = Counter("dialguard_shadow_decisions_total",
 SOURCE_EVENTS_OUT = Counter("dialguard_source_events_total",
                             "Accepted events re-keyed to signaling.sources, by source kind "
                             "(trunk, range)", ["kind"])
+UNNUMBERED_CALLERS = Counter("dialguard_unnumbered_caller_events_total",
+                             "Events whose caller is not a number (withheld, invalid): counted "
+                             "for their trunk, never as a caller", ["kind"])
 REPLAYS_SKIPPED = Counter("dialguard_replayed_events_skipped_total",
                           "Events read again after a restart or rebalance and skipped because "
                           "the state already holds them (exact recovery), by stage",

@@ -72,6 +72,37 @@ class NumberPlan:
                     or self.national_prefix and digits.startswith(self.national_prefix))
 
 
+#: Caller classes of calls whose caller is not a number. The call is kept as an event (its
+#: trunk's counters see it: robots hide behind withheld numbers) but it has no per-number
+#: state: "anonymous" is not one caller. ``withheld``: the caller asked for privacy or the
+#: network has no number (SIP ``anonymous``/``unavailable``, ISUP presentation restricted);
+#: ``invalid``: something that is not a dialable number (letters, too long, ...).
+CALLER_WITHHELD = "withheld"
+CALLER_INVALID = "invalid"
+CALLER_CLASSES = (CALLER_WITHHELD, CALLER_INVALID)
+#: Most characters of a non-number caller kept in its event (for the audit trail).
+CALLER_TEXT_MAX = 64
+_WITHHELD_USERS = frozenset({"", "anonymous", "anonymous.invalid", "unavailable", "unknown",
+                             "restricted", "private", "withheld", "not available"})
+
+
+def caller_class(raw: str) -> str:
+    """The class of a caller that did not normalise: withheld or invalid.
+
+    >>> caller_class("sip:anonymous@anonymous.invalid"), caller_class("Unavailable")
+    ('withheld', 'withheld')
+    >>> caller_class("bob"), caller_class("+8613800138000123456")
+    ('invalid', 'invalid')
+    """
+    text = raw.strip().lower()
+    for scheme in _URI_SCHEMES:
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+            break
+    user = text.split("@", 1)[0].split(";", 1)[0].strip()
+    return CALLER_WITHHELD if user in _WITHHELD_USERS else CALLER_INVALID
+
+
 def _require_digits(text: str, raw: str) -> None:
     if not text.isascii() or not text.isdigit():
         raise InvalidNumber(f"{raw!r} has characters that are not digits")

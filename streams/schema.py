@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from streams.numbers import InvalidNumber, NumberPlan
+from streams.numbers import (CALLER_CLASSES, CALLER_TEXT_MAX, InvalidNumber, NumberPlan)
 from streams.scope import SCOPE_NUMBER, CallMatch, covers
 
 SCHEMA_VERSION = 1
@@ -105,13 +105,18 @@ class SignalingEvent:
     switch: str | None = None
     attest: str | None = None
     v: int = SCHEMA_VERSION
+    #: None: ``caller`` is a number. ``withheld`` / ``invalid`` (streams.numbers): the caller
+    #: is not a number; ``caller`` keeps its text as received (at most 64 characters).
+    caller_class: str | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(self)
 
     @property
     def key(self) -> bytes:
-        return self.caller.encode()
+        """Keyed by caller (its state's partition); a call without a caller number by its
+        call id, so withheld calls spread over partitions instead of all landing on one."""
+        return (self.call_id if self.caller_class else self.caller).encode()
 
 
 _REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -120,7 +125,7 @@ _REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
 )
 _OPTIONAL: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("code", int), ("duration_s", (int, float)), ("trunk", str), ("switch", str),
-    ("attest", str),
+    ("attest", str), ("caller_class", str),
 )
 
 
@@ -192,13 +197,15 @@ class EventValidator:
         raw_caller, raw_callee = get("caller"), get("callee")
         code, duration, trunk, switch, attest = get("code"), get("duration_s"), get("trunk"), \
             get("switch"), get("attest")
+        klass = get("caller_class")
         if not (type(v) is int and type(ts) in _NUMBER and type(proto) is str
                 and type(kind) is str and type(call_id) is str and type(raw_caller) is str
                 and type(raw_callee) is str and (code is None or type(code) is int)
                 and (duration is None or type(duration) in _NUMBER)
                 and (trunk is None or type(trunk) is str)
                 and (switch is None or type(switch) is str)
-                and (attest is None or type(attest) is str)):
+                and (attest is None or type(attest) is str)
+                and (klass is None or type(klass) is str)):
             _explain_types(obj)
         if v != SCHEMA_VERSION:
             raise InvalidEvent(REASON_VERSION, f"schema version {v} is not {SCHEMA_VERSION}")
@@ -223,16 +230,25 @@ class EventValidator:
         if attest is not None and attest not in ATTESTATIONS:
             raise InvalidEvent(REASON_VALUE, f"attest {attest!r} is not A, B or C")
         normalise = self.plan.normalise
-        try:
-            caller = normalise(raw_caller)
-        except InvalidNumber as exc:
-            raise InvalidEvent(REASON_NUMBER, f"caller: {exc}") from None
+        if klass is not None:
+            if klass not in CALLER_CLASSES:
+                raise InvalidEvent(REASON_VALUE, f"caller_class {klass!r} is not one of "
+                                                 f"{', '.join(CALLER_CLASSES)}")
+            if len(raw_caller) > CALLER_TEXT_MAX:
+                raise InvalidEvent(REASON_VALUE, f"a {klass} caller is kept as at most "
+                                                 f"{CALLER_TEXT_MAX} characters")
+            caller = raw_caller
+        else:
+            try:
+                caller = normalise(raw_caller)
+            except InvalidNumber as exc:
+                raise InvalidEvent(REASON_NUMBER, f"caller: {exc}") from None
         try:
             callee = normalise(raw_callee)
         except InvalidNumber as exc:
             raise InvalidEvent(REASON_NUMBER, f"callee: {exc}") from None
         return SignalingEvent(ts, proto, kind, call_id, caller, callee, code, duration, trunk,
-                              switch, attest)
+                              switch, attest, SCHEMA_VERSION, klass)
 
 
 _NUMBER = frozenset({int, float})
@@ -450,13 +466,15 @@ class SourceEvent:
     origin_partition: int = -1
     origin_offset: int = -1
     origin_index: int = 0
+    #: As SignalingEvent.caller_class: the call counts for its trunk, never as a caller.
+    caller_class: str | None = None
 
     @classmethod
     def of(cls, key: str, ev: SignalingEvent, caller_new: bool, caller_trunks: int,
            origin: tuple[int, int, int] = (-1, -1, 0)) -> "SourceEvent":
         return cls(key, ev.ts, ev.kind, ev.proto, ev.call_id, ev.caller, ev.callee, ev.code,
                    ev.duration_s, ev.trunk, ev.switch, ev.attest, caller_new, caller_trunks,
-                   *origin)
+                   *origin, ev.caller_class)
 
     def encode(self) -> bytes:
         return orjson.dumps(self)
@@ -468,7 +486,7 @@ class SourceEvent:
         return (self.key, self.ts, self.kind, self.proto, self.call_id, self.caller,
                 self.callee, self.code, self.duration_s, self.trunk, self.switch, self.attest,
                 self.caller_new, self.caller_trunks, self.origin_partition, self.origin_offset,
-                self.origin_index)
+                self.origin_index, self.caller_class)
 
     @classmethod
     def decode(cls, raw: bytes) -> "SourceEvent":

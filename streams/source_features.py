@@ -183,10 +183,12 @@ class SourceState:
             bucket = self.buckets[bucket_no] = [0.0] * (N_SLOTS * self.segments)
         segs = self._segments(ev, cfg)
         kind = ev.kind
+        people = ev.caller_class is None  # "anonymous" is not one caller
         if kind == "attempt":
             self.attempts_total += 1
-            self._add_people(ev, bucket_no, cfg, segs)
-        elif kind == "release" and (ev.duration_s or 0.0) >= cfg.conversation_s:
+            if people:
+                self._add_people(ev, bucket_no, cfg, segs)
+        elif people and kind == "release" and (ev.duration_s or 0.0) >= cfg.conversation_s:
             talker = self.callers.get(_key32(ev.caller))
             if talker is not None:
                 talker[3] += 1

@@ -22,9 +22,10 @@ from prometheus_client import Counter
 
 from services.settings import Settings
 from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOURCE,
-                            DLQ_HEADER_TOPIC, EventValidator, InvalidEvent, SignalingEvent,
-                            encode_batch)
+                            DLQ_HEADER_TOPIC, REASON_NUMBER, EventValidator, InvalidEvent,
+                            SignalingEvent, encode_batch)
 from streams.batches import PartitionBatches
+from streams.numbers import CALLER_TEXT_MAX, caller_class
 from streams.sink import DLQ_MAX_DETAIL_BYTES, dlq_copy, producer_config
 from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
 
@@ -102,9 +103,17 @@ class EventSink:
         try:
             validator.decode(ev.encode())
         except InvalidEvent as exc:
-            self.dead_letter(raw, exc.reason, f"{context}: {exc.detail}")
-        else:
-            self.event(ev)
+            if not (exc.reason == REASON_NUMBER and exc.detail.startswith("caller:")
+                    and ev.caller_class is None):
+                self.dead_letter(raw, exc.reason, f"{context}: {exc.detail}")
+                return
+            # A caller that is not a number (withheld, letters, too long) keeps its call:
+            # the event goes out with a caller class, counted for its trunk only.
+            ev.caller_class = caller_class(ev.caller)
+            ev.caller = ev.caller[:CALLER_TEXT_MAX]
+            self.checked_event(ev, validator, raw, context)
+            return
+        self.event(ev)
 
     def dead_letter(self, raw: bytes, reason: str, detail: str) -> None:
         """The original bytes, untouched, with why they could not become an event."""

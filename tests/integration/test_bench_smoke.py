@@ -59,8 +59,9 @@ def test_bench_prints_every_figure_with_a_number(capsys):
         rest = figure_line(report, label)
         assert "n/a" not in rest, f"{label!r} has no figure:\n{report}"
         assert re.search(r"\d", rest), f"{label!r} has no number:\n{report}"
-    decisions = int(figure_line(report, bench.LABEL_DECISIONS).split()[0].replace(",", ""))
-    assert decisions > 0, report  # robot bursts in the live phase were decided on
+    runs = [int(n.replace(",", "")) for n in
+            figure_line(report, bench.LABEL_DECISIONS).split("/")]
+    assert len(runs) == bench.LATENCY_RUNS and sum(runs) > 0, report  # robots decided on
     assert "20,000 distinct callers" in report
-    for target in (">= 100,000 events/s", "<= 100.0 ms", "<= 1,024 B"):
+    for target in (">= 30,000 events/s", ">= 20 %", "<= 100.0 ms in each", "<= 1,024 B"):
         assert target in report

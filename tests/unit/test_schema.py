@@ -27,8 +27,9 @@ def test_roundtrip_uses_design_field_names():
     ev = SignalingEvent(ts=NOW, proto="isup", kind="release", call_id="x", caller="8613800138000",
                         callee="8613900139000", code=16, duration_s=42.0)
     obj = orjson.loads(ev.encode())
+    # DESIGN.md's fields, plus caller_class (issue 13: calls without a caller number).
     assert set(obj) == {"v", "ts", "proto", "kind", "call_id", "caller", "callee", "code",
-                        "duration_s", "trunk", "switch", "attest"}
+                        "duration_s", "trunk", "switch", "attest", "caller_class"}
     assert V.decode(ev.encode(), now=NOW + 1) == ev
 
 
@@ -61,3 +62,18 @@ def test_decision_roundtrip():
     assert Decision.decode(d.encode()) == d
     assert set(orjson.loads(d.encode())) >= {"number", "action", "ttl_s", "score", "reasons",
                                              "policy", "decided_at", "trigger_ts", "dry_run"}
+
+
+def test_a_caller_that_is_not_a_number_is_kept_with_its_class_only_when_declared():
+    body = orjson.loads(good())
+    body.update(caller="anonymous", caller_class="withheld")
+    ev = V.decode(orjson.dumps(body), now=NOW)
+    assert (ev.caller, ev.caller_class) == ("anonymous", "withheld")
+    assert ev.key == ev.call_id.encode()  # spread by call, not all on one "anonymous" key
+    with pytest.raises(InvalidEvent) as bad:  # another producer's bad caller: still the DLQ
+        V.decode(orjson.dumps({**body, "caller_class": None}), now=NOW)
+    assert bad.value.reason == "bad_number"
+    for klass, caller in (("robot", "anonymous"), ("invalid", "x" * 65)):
+        with pytest.raises(InvalidEvent) as bad:
+            V.decode(orjson.dumps({**body, "caller_class": klass, "caller": caller}), now=NOW)
+        assert bad.value.reason == "bad_value"

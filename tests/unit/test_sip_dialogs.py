@@ -275,10 +275,14 @@ def test_feed_accounts_for_every_message_and_dead_letters_unusable_ones():
     feed.payload(response(200), T0 + 2, b"hep-bytes-5")
     topics = [(t, v if t.endswith("dlq") else orjson.loads(v)["kind"], h.get(DLQ_HEADER_REASON))
               for t, _, v, h in producer.records]
+    # The anonymous INVITE keeps its call: an event with a caller class (issue 13), no DLQ.
     assert topics == [("signaling.events", "attempt", None),
                       ("signaling.events.dlq", b"hep-bytes-3", b"sip_parse_error"),
-                      ("signaling.events.dlq", b"hep-bytes-4", b"bad_number"),
+                      ("signaling.events", "attempt", None),
                       ("signaling.events", "answer", None)]
+    withheld = orjson.loads(producer.records[2][2])
+    assert (withheld["caller_class"], withheld["caller"]) == ("withheld", "anonymous")
+    assert producer.records[2][1] == b"anon"  # keyed by its call id, not by "anonymous"
     assert producer.records[0][1] == b"+8613800138000"  # keyed by caller
     assert sink.ignored == {"keepalive": 1}
     assert "f.pcap frame 3" in producer.records[1][3]["dlq.detail"].decode()

@@ -12,7 +12,7 @@ from services.settings import Settings
 from streams.control import ControlState
 from streams.detector import Detector, DictStore, MemorySink, Origin
 from streams.policy import ENFORCING, Policy, PolicyError
-from streams.schema import AllowEntry, Label, SourceEvent
+from streams.schema import AllowEntry, Label, SignalingEvent, SourceEvent
 from streams.scope import SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, decision_key
 from streams.source_detector import SourceDetector
 from streams.source_features import SourceState
@@ -341,3 +341,19 @@ def test_a_source_block_is_lifted_when_people_show_up_on_it():
     assert actions.index("unblock") > actions.index("block")
     lifted = trunk[actions.index("unblock")]
     assert any("lifted" in r and "conversations" in r for r in lifted.reasons)
+
+
+def test_withheld_callers_count_for_their_trunk_and_are_never_a_caller():
+    s = Stages()
+    evs = []
+    for i in range(40):
+        common = dict(proto="sip", call_id=f"w{i}", caller="anonymous", callee=f"86139{i:08d}",
+                      trunk="gw-9", switch="sw", caller_class="withheld")
+        evs += [SignalingEvent(ts=T0 + 10 * i, kind="attempt", **common),
+                SignalingEvent(ts=T0 + 10 * i + 2, kind="fail", code=480, **common)]
+    s.feed(evs)
+    assert "anonymous" not in s.numbers.cache and not s.numbers.store.data
+    state = s.sources.cache["trunk:sw/gw-9"]
+    assert state.attempts_total == 40
+    assert state.callers == {}  # "anonymous" is not one caller, nor forty
+    assert not [k for k in s.sources.cache if k.startswith("prefix:")]
