@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.ingest.sink import EventSink
+from services.ingest import replay_guard
+from services.ingest.sink import EventSink, replay_sink
 from services.settings import Settings
 from streams.numbers import InvalidNumber, NumberPlan
 from streams.schema import (REASON_MISSING, REASON_NUMBER, REASON_VALUE, EventValidator,
@@ -312,7 +313,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     tz = _timezone(args.timezone)
     plan = NumberPlan.of(settings)
     validator = EventValidator.of(settings)
-    sink = EventSink(settings, SOURCE)
+    sink = replay_sink(settings, SOURCE, args.again)
     try:
         for path in args.files:
             with _open(path) as stream:
@@ -350,4 +351,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timezone", default="UTC",
                    help="IANA zone of times written without one (default UTC)")
     p.add_argument("--switch", default=None, help="switch name for rows that name none")
+    replay_guard.add_arguments(p)
     p.set_defaults(ingest_func=run)

@@ -33,7 +33,8 @@ from services.ingest.isup_codec import (REASON_BAD_ISUP, DecodeError, IsupParser
 from services.ingest.mtp3 import (ANSI, ITU, REASON_BAD_M3UA, REASON_BAD_MTP3, STANDARDS,
                                   Transfer, decode_msu)
 from services.ingest.mtp3 import decode_m3ua as decode_m3ua_transfer
-from services.ingest.sink import EventSink
+from services.ingest import replay_guard
+from services.ingest.sink import EventSink, replay_sink
 from services.ingest.ss7_links import M3UA, Payload, Skip, read_payloads
 from services.settings import Settings
 from streams.schema import EventValidator
@@ -107,7 +108,7 @@ def ingest_payloads(items: Iterator[Payload | Skip], feed: IsupFeed, label: str,
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    sink = EventSink(settings, SOURCE)
+    sink = replay_sink(settings, SOURCE, args.again)
     tracker = tracker_for(settings)
     feed = IsupFeed(tracker, sink, EventValidator.of(settings))
 
@@ -147,4 +148,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--standard", choices=STANDARDS, default=ITU,
                    help="the network's SS7 standard: MTP3 routing label and ISUP layout "
                         "(ITU-T: 14-bit point codes; ANSI: 24-bit, T1.113 ISUP); default itu")
+    replay_guard.add_arguments(p)
     p.set_defaults(ingest_func=run)

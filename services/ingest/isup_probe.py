@@ -18,7 +18,8 @@ from typing import Any, BinaryIO, Iterable
 
 from services.ingest.isup_calls import (MESSAGES, NAI_NAMES, NAI_UNKNOWN, REL, IsupFeed,
                                         IsupMessage, tracker_for)
-from services.ingest.sink import EventSink
+from services.ingest import replay_guard
+from services.ingest.sink import EventSink, replay_sink
 from services.settings import Settings
 from streams.schema import (REASON_MISSING, REASON_NUMBER, REASON_TYPE, REASON_VALUE,
                             EventValidator, InvalidEvent, json_object)
@@ -167,7 +168,7 @@ def _open(path: str) -> BinaryIO:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    sink = EventSink(settings, SOURCE)
+    sink = replay_sink(settings, SOURCE, args.again)
     tracker = tracker_for(settings)
     feed = IsupFeed(tracker, sink, EventValidator.of(settings))
     try:
@@ -188,4 +189,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="JSON-lines file(s); - = stdin")
     p.add_argument("--switch", default=None,
                    help="switch name put on events whose record has no 'switch'")
+    replay_guard.add_arguments(p)
     p.set_defaults(ingest_func=run)

@@ -24,6 +24,7 @@ from services.settings import Settings
 from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOURCE,
                             DLQ_HEADER_TOPIC, REASON_NUMBER, EventValidator, InvalidEvent,
                             SignalingEvent, encode_batch)
+from services.ingest.replay_guard import DB_NAME, WHY_REPLAYED, PublishedEvents
 from streams.batches import PartitionBatches
 from streams.numbers import CALLER_TEXT_MAX, caller_class
 from streams.sink import DLQ_MAX_DETAIL_BYTES, dlq_copy, producer_config
@@ -49,6 +50,13 @@ INGEST_DELIVERY_FAILED = Counter("dialguard_ingest_delivery_failures_total",
                                  "Records the broker did not acknowledge", ["source"])
 
 
+def replay_sink(settings: Settings, source: str, again: bool = False) -> EventSink:
+    """The sink of a file replay: events this host already published are skipped unless
+    ``again`` (``--again``)."""
+    published = None if again else PublishedEvents(settings.home / "ingest" / DB_NAME)
+    return EventSink(settings, source, published=published)
+
+
 class EventSink:
     """Publishes events and dead letters for one ingest ``source`` (e.g. ``hep``, ``cdr``).
 
@@ -57,8 +65,11 @@ class EventSink:
     """
 
     def __init__(self, settings: Settings, source: str, progress: TextIO | None = sys.stderr,
-                 producer: Any | None = None, partitions: int | None = None) -> None:
+                 producer: Any | None = None, partitions: int | None = None,
+                 published: PublishedEvents | None = None) -> None:
         self.source = source
+        #: Events this host already published (file replays): skipped (replay_guard.py).
+        self.published = published
         self.producer = producer if producer is not None else Producer(
             producer_config(settings), logger=log)
         #: Events per batch record (1: one event per record, for consumers that want that).
@@ -79,6 +90,9 @@ class EventSink:
     def event(self, ev: SignalingEvent) -> None:
         """Publish one event: into the open batch record of its caller's partition, sent when
         full, after ``batch_linger_s``, or on :meth:`send_batches` / :meth:`flush`."""
+        if self.published is not None and not self.published.first_time(ev):
+            self.ignore(WHY_REPLAYED)
+            return
         if self.batch_events <= 1:
             self._produce(SIGNALING_EVENTS.name, ev.key, ev.encode(), None)
         else:
@@ -224,6 +238,12 @@ class EventSink:
     def close(self) -> str:
         """Flush and return (and print) the summary; raises if records were not delivered."""
         left = self.flush()
+        if self.published is not None:
+            if left or self.delivery_failures:
+                self.published.forget()
+            else:
+                self.published.commit()
+            self.published = None
         text = self.summary()
         if self.progress is not None:
             print(f"[ingest] done. {text}", file=self.progress, flush=True)

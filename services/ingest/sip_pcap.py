@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Iterator
 
 from services.ingest.capture_files import FileReport, clean_tshark_errors, exit_status, read_all
-from services.ingest.sink import EventSink
+from services.ingest import replay_guard
+from services.ingest.sink import EventSink, replay_sink
 from services.ingest.sip_feed import SipFeed
 from services.settings import Settings
 from services.system import system_tool
@@ -269,7 +270,7 @@ def ingest_file(path: Path, feed: SipFeed, switch: str | None,
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    sink = EventSink(settings, SOURCE)
+    sink = replay_sink(settings, SOURCE, args.again)
     feed = SipFeed.for_settings(settings, sink)
     ports = tuple(args.sip_port or ())
 
@@ -307,4 +308,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sip-port", type=int, action="append", metavar="PORT",
                    help="decode this UDP/TCP port as SIP even when tshark's heuristics do not "
                         "(repeatable)")
+    replay_guard.add_arguments(p)
     p.set_defaults(ingest_func=run)

@@ -49,7 +49,7 @@ EXPECTED_KINDS = {callee: spec["kinds"] for callee, spec in kamailio_trace.EXPEC
 def _env(settings: Settings, switch: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
     env.update(DIALGUARD_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, DIALGUARD_SIP_SWITCH=switch,
-               PYTHONUNBUFFERED="1")
+               DIALGUARD_HOME=str(settings.home), PYTHONUNBUFFERED="1")
     env.update(extra or {})
     return env
 

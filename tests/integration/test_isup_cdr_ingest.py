@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -72,10 +73,13 @@ class Since:
         self.consumer.close()
 
 
-def run_cli(settings: Settings, *args: str, stdin: bytes | None = None
-            ) -> subprocess.CompletedProcess:
+def run_cli(settings: Settings, *args: str, stdin: bytes | None = None,
+            home: Path | None = None) -> subprocess.CompletedProcess:
+    """``dialguard ingest ...``; each run has a home of its own unless ``home`` is given (the
+    ids of published events live there: tests replaying one fixture must not share it)."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")},
            "DIALGUARD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "DIALGUARD_HOME": str(home or tempfile.mkdtemp(prefix="dg-ingest-")),
            "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, "-m", "services.cli", "ingest", *args], env=env,
                           cwd=REPO_ROOT, input=stdin, capture_output=True,
@@ -83,10 +87,10 @@ def run_cli(settings: Settings, *args: str, stdin: bytes | None = None
 
 
 def ingest(settings: Settings, n_events: int, n_dead: int, *args: str,
-           stdin: bytes | None = None):
+           stdin: bytes | None = None, home: Path | None = None):
     events, dlq = Since(settings, SIGNALING_EVENTS.name), Since(settings, SIGNALING_DLQ.name)
     try:
-        done = run_cli(settings, *args, stdin=stdin)
+        done = run_cli(settings, *args, stdin=stdin, home=home)
         print(done.stderr.decode()[-2000:])
         evs = events.read(n_events, size=lambda ms: sum(
             len(events_in(m, settings.topic_partitions)) for m in ms))
@@ -224,3 +228,14 @@ def test_cdr_cli_both_dialects(broker_settings, tmp_path: Path):
          ("fail", 19), ("attempt", None), ("fail", 17)])
     assert min(e.ts for e in events) == T0
     assert sorted(h[DLQ_HEADER_REASON] for _, h in dead) == ["bad_number", "missing_field"]
+
+
+def test_a_capture_replayed_twice_counts_once_unless_told_again(broker_settings, tmp_path):
+    """Event ids already published on this host are skipped (services/ingest/replay_guard)."""
+    csv_path = FIXTURES / "cdr" / "calls.csv"
+    first = ingest(broker_settings, 14, 7, "cdr", str(csv_path), home=tmp_path)
+    assert len(first[1]) == 14
+    again = ingest(broker_settings, 0, 7, "cdr", str(csv_path), home=tmp_path)
+    assert again[1] == [] and "already_published 14" in again[0].stderr.decode()
+    forced = ingest(broker_settings, 14, 7, "cdr", str(csv_path), "--again", home=tmp_path)
+    assert len(forced[1]) == 14

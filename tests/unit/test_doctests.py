@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["streams.scope", "streams.batches", "streams.source_features", "online_models.source_scorer"]
+MODULES = ["streams.scope", "streams.batches", "streams.numbers",
+           "services.ingest.replay_guard", "streams.source_features", "online_models.source_scorer"]
 
 
 @pytest.mark.parametrize("name", MODULES)

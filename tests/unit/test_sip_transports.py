@@ -118,13 +118,13 @@ def test_sip_looking_payload_tshark_did_not_decode_is_counted_with_its_port():
 
 def test_a_bad_file_does_not_stop_the_good_one_after_it(monkeypatch, tmp_path, capsys):
     sink, producer = recording_sink(sip_pcap.SOURCE)
-    monkeypatch.setattr(sip_pcap, "EventSink", lambda settings, source: sink)
+    monkeypatch.setattr(sip_pcap, "replay_sink", lambda settings, source, again: sink)
     bad = tmp_path / "bad.pcap"
     bad.write_bytes(b"\xd4\xc3\xb2\xa1 truncated header")
     empty = tmp_path / "empty.pcapng"
     empty.touch()
     args = argparse.Namespace(files=[str(bad), str(CAPTURE), str(empty), str(tmp_path)],
-                              switch="sw", sip_port=None)
+                              switch="sw", sip_port=None, again=False)
     assert sip_pcap.run(args, Settings.from_env(environ={})) == 1
     err = capsys.readouterr().err
     assert f"ERROR {bad}: NOT READ: tshark could not read {bad}" in err

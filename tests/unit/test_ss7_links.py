@@ -164,7 +164,7 @@ def test_multi_file_run_reads_every_file_and_reports_each(monkeypatch, tmp_path,
     """A bad file, an empty file, a missing one and a folder: every good file is still read,
     each file gets its line, and the exit status says a file could not be read."""
     sink, producer = recording_sink(isup_pcap.SOURCE)
-    monkeypatch.setattr(isup_pcap, "EventSink", lambda settings, source: sink)
+    monkeypatch.setattr(isup_pcap, "replay_sink", lambda settings, source, again: sink)
     bad = tmp_path / "bad.pcap"
     bad.write_bytes(b"not a capture at all\n")
     empty = tmp_path / "empty.pcap"
@@ -178,7 +178,7 @@ def test_multi_file_run_reads_every_file_and_reports_each(monkeypatch, tmp_path,
     nothing.mkdir()
     args = argparse.Namespace(files=[str(bad), str(FIXTURES / "m2pa.pcap"), str(empty),
                                      str(tmp_path / "missing.pcap"), str(folder), str(nothing)],
-                              switch=None, standard=ITU)
+                              switch=None, standard=ITU, again=False)
     assert isup_pcap.run(args, Settings.from_env(environ={})) == 1
     err = capsys.readouterr().err
     assert f"ERROR {bad}: NOT READ: tshark could not read all of {bad}" in err
@@ -195,8 +195,8 @@ def test_multi_file_run_reads_every_file_and_reports_each(monkeypatch, tmp_path,
 
 def test_a_capture_without_ss7_says_so(monkeypatch, capsys):
     sink, _ = recording_sink(isup_pcap.SOURCE)
-    monkeypatch.setattr(isup_pcap, "EventSink", lambda settings, source: sink)
+    monkeypatch.setattr(isup_pcap, "replay_sink", lambda settings, source, again: sink)
     sip = FIXTURES.parent / "sip" / "kamailio_calls.pcap"
-    args = argparse.Namespace(files=[str(sip)], switch=None, standard=ITU)
+    args = argparse.Namespace(files=[str(sip)], switch=None, standard=ITU, again=False)
     assert isup_pcap.run(args, Settings.from_env(environ={})) == 0
     assert "0 SS7 frames" in capsys.readouterr().err
