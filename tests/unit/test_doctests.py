@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["streams.scope", "streams.batches", "streams.source_features", "online_models.source_scorer"]
+MODULES = ["streams.scope", "streams.batches", "streams.source_features", "online_models.source_scorer",
+           "streams.topics"]
 
 
 @pytest.mark.parametrize("name", MODULES)
