@@ -44,7 +44,12 @@ class Settings:
     home: Path = field(default_factory=_default_home)
     broker_port: int = 9092
     controller_port: int = 9093
+    #: Java heap of each broker process (a cluster's nodes each get this much).
     broker_heap: str = "768m"
+    #: Nodes of the local cluster ``dialguard broker`` manages: 1 is the single embedded
+    #: broker; more start a KRaft cluster on ports NODE_PORT_STRIDE (10) apart, so a test can
+    #: kill a broker (topics then want DIALGUARD_TOPIC_REPLICATION up to 3).
+    broker_nodes: int = 1
 
     # --- Numbers ---------------------------------------------------------------------------
     #: Country code prepended to national-format numbers ("0" + national number).
