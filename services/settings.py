@@ -272,7 +272,9 @@ class Settings:
 
     @property
     def worker_dir(self) -> Path:
-        """Per host, so scaled-out workers sharing a volume never share a RocksDB folder."""
+        """Per host name, so two workers on one volume never share a RocksDB folder; a worker
+        that must find its state after being recreated keeps its host name (docker-compose
+        gives each worker service a fixed ``hostname`` and a volume of its own)."""
         return self.data_dir / f"worker-{socket.gethostname()}"
 
     @property
