@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from services.settings import Settings
-from streams.topics import CATALOG, TopicSpec
+from streams.topics import CATALOG, TopicSpec, min_insync_replicas
 
 log = logging.getLogger("dialguard.admin")
 
@@ -75,8 +75,10 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] = CATALOG,
                   timeout: float = DEFAULT_ENSURE_TIMEOUT_S) -> list[str]:
     """Create the topics that do not exist yet and return their names (``[]`` if none).
 
-    Returns only once the new topics have a leader for every partition, so a producer that
-    starts right after does not race the controller. A topic created concurrently by someone
+    Each topic gets ``settings.topic_replication`` copies and the ``min.insync.replicas`` the
+    catalog derives from it (``streams.topics.min_insync_replicas``), so acks=all means "held by
+    two brokers" on a 3-node cluster. Returns only once the new topics have a leader for every
+    partition, so a producer that starts right after does not race the controller. A topic created concurrently by someone
     else (TOPIC_ALREADY_EXISTS) counts as existing.
     """
     specs = list(specs)
@@ -85,7 +87,8 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] = CATALOG,
     existing = _metadata(admin, timeout).topics
     _report_partition_mismatches(settings, specs, existing)
     wanted = [NewTopic(s.name, s.partition_count(settings.topic_partitions),
-                       settings.topic_replication, config=s.configs())
+                       settings.topic_replication,
+                       config=s.configs(settings.topic_replication))
               for s in specs if s.name not in existing]
     if not wanted:
         return []
@@ -99,7 +102,9 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] = CATALOG,
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     _wait_for_leaders(admin, {t.topic: t.num_partitions for t in wanted}, timeout)
-    log.info("created topics on %s: %s", settings.kafka_bootstrap, ", ".join(sorted(created)))
+    log.info("created topics on %s (replication %d, min.insync.replicas %d): %s",
+             settings.kafka_bootstrap, settings.topic_replication,
+             min_insync_replicas(settings.topic_replication), ", ".join(sorted(created)))
     return created
 
 

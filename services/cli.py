@@ -18,22 +18,35 @@ log = logging.getLogger("dialguard")
 
 def _broker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from services.admin import ensure_topics
-    from services.broker import EmbeddedBroker
+    from services.broker import LocalCluster
+    from streams.topics import min_insync_replicas
 
-    broker = EmbeddedBroker(settings)
+    nodes = args.nodes if args.nodes is not None else settings.broker_nodes
+    cluster = LocalCluster(settings, nodes)
     if args.action == "fetch":
-        broker.fetch()
+        cluster.fetch()
     elif args.action == "start":
-        broker.start()
+        cluster.start()
+        if nodes > 1 and settings.topic_replication < min(nodes, 3):
+            log.warning("topics get DIALGUARD_TOPIC_REPLICATION=%d cop%s on a %d-node cluster: "
+                        "set it to %d so a killed node loses nothing", settings.topic_replication,
+                        "y" if settings.topic_replication == 1 else "ies", nodes, min(nodes, 3))
         created = ensure_topics(settings)
-        print(f"broker up at {broker.bootstrap}; topics created: {', '.join(created) or 'none new'}")
+        print(f"broker up at {cluster.bootstrap}; topics created (replication "
+              f"{settings.topic_replication}, min.insync.replicas "
+              f"{min_insync_replicas(settings.topic_replication)}): "
+              f"{', '.join(created) or 'none new'}")
+        if nodes > 1:
+            print(f"clients: DIALGUARD_KAFKA_BOOTSTRAP={cluster.bootstrap}")
     elif args.action == "stop":
-        broker.stop()
+        cluster.stop()
     elif args.action == "wipe":
-        broker.wipe()
+        cluster.wipe()
     else:
-        for key, value in broker.status().items():
-            print(f"{key:>10}: {value}")
+        for status in cluster.status():
+            for key, value in status.items():
+                print(f"{key:>10}: {value}")
+            print()
     return 0
 
 
@@ -120,13 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("broker", help="the embedded single-node Kafka (KRaft) for dev and tests",
+    p = sub.add_parser("broker", help="the embedded Kafka (KRaft), one node or a local cluster",
                        description="Manage the embedded Apache Kafka broker: jars from Maven "
                                    "Central into .dialguard/kafka/libs, data in "
-                                   ".dialguard/kafka/data, log in its run folder.")
+                                   ".dialguard/kafka/data, log in its run folder. With --nodes N "
+                                   "(>1), a local cluster of N broker+controller nodes: node k on "
+                                   "DIALGUARD_BROKER_PORT/DIALGUARD_CONTROLLER_PORT + 10*(k-1), "
+                                   "data in .dialguard/kafka/cluster-N/node-k; stop, status and "
+                                   "wipe act on every node of the cluster of that size.")
     p.add_argument("action", choices=["start", "stop", "status", "wipe", "fetch"],
                    help="start (format on first start, create topics), stop (clean), status, "
                         "wipe (stop and delete data), fetch (download jars only)")
+    p.add_argument("--nodes", type=int, default=None, metavar="N",
+                   help="nodes of the local cluster (default DIALGUARD_BROKER_NODES, 1); "
+                        "give topics copies with DIALGUARD_TOPIC_REPLICATION (3 for N>=3) and "
+                        "point clients at every node with DIALGUARD_KAFKA_BOOTSTRAP")
     p.set_defaults(func=_broker_cmd)
 
     p = sub.add_parser("topics", help="list or create the topic catalog",

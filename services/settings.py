@@ -44,7 +44,12 @@ class Settings:
     home: Path = field(default_factory=_default_home)
     broker_port: int = 9092
     controller_port: int = 9093
+    #: Java heap of each broker process (a cluster's nodes each get this much).
     broker_heap: str = "768m"
+    #: Nodes of the local cluster ``dialguard broker`` manages: 1 is the single embedded
+    #: broker; more start a KRaft cluster on ports NODE_PORT_STRIDE (10) apart, so a test can
+    #: kill a broker (topics then want DIALGUARD_TOPIC_REPLICATION up to 3).
+    broker_nodes: int = 1
 
     # --- Numbers ---------------------------------------------------------------------------
     #: Country code prepended to national-format numbers ("0" + national number).
@@ -267,7 +272,9 @@ class Settings:
 
     @property
     def worker_dir(self) -> Path:
-        """Per host, so scaled-out workers sharing a volume never share a RocksDB folder."""
+        """Per host name, so two workers on one volume never share a RocksDB folder; a worker
+        that must find its state after being recreated keeps its host name (docker-compose
+        gives each worker service a fixed ``hostname`` and a volume of its own)."""
         return self.data_dir / f"worker-{socket.gethostname()}"
 
     @property

@@ -12,6 +12,26 @@ from functools import lru_cache
 from aiokafka.partitioner import murmur2
 
 DAY_MS = 24 * 3600 * 1000
+#: Highest ``min.insync.replicas`` given to a topic: with acks=all a write then survives the
+#: loss of any one broker, while one broker of a 3-node cluster may be down (maintenance, crash)
+#: without producers failing. More would stop writes whenever two brokers are out.
+MAX_MIN_INSYNC_REPLICAS = 2
+
+
+def min_insync_replicas(replication: int) -> int:
+    """The ``min.insync.replicas`` of a topic with ``replication`` copies: one less than the
+    copies, at most :data:`MAX_MIN_INSYNC_REPLICAS`, at least 1.
+
+    Why set it per topic: acks=all only waits for the replicas *in sync*, and a cluster left at
+    Kafka's default (1) acknowledges a write held by the leader alone, which a crash of that
+    leader then loses. One less than the copies keeps producing possible with one broker down.
+
+    >>> [min_insync_replicas(r) for r in (1, 2, 3, 5)]
+    [1, 1, 2, 2]
+    """
+    if replication < 1:
+        raise ValueError(f"replication factor must be at least 1, got {replication}")
+    return max(1, min(replication - 1, MAX_MIN_INSYNC_REPLICAS))
 
 
 @dataclass(frozen=True)
@@ -24,8 +44,10 @@ class TopicSpec:
     key: str
     value: str
 
-    def configs(self) -> dict[str, str]:
-        conf = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+    def configs(self, replication: int = 1) -> dict[str, str]:
+        """Topic configs for a topic created with ``replication`` copies (min ISR follows it)."""
+        conf = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms),
+                "min.insync.replicas": str(min_insync_replicas(replication))}
         if "compact" in self.cleanup_policy:
             # Compact promptly so a restarting switch or worker reads a short log.
             conf["min.cleanable.dirty.ratio"] = "0.1"

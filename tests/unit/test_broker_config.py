@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import (LOG4J2_PROPERTIES, BrokerError, EmbeddedBroker, parse_properties,
+from services.broker import (LOG4J2_PROPERTIES, META_FILE, BrokerError, EmbeddedBroker,
+                             LocalCluster, node_ports, parse_properties, quorum_voters,
                              server_properties)
 from services.settings import Settings
 
@@ -110,3 +111,84 @@ def test_broker_folders_are_owner_only(tmp_path: Path) -> None:
     broker.write_config()
     for folder in (broker.data, broker.run_dir):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_a_cluster_node_names_the_shared_quorum_and_replicates_internal_topics(
+        tmp_path: Path) -> None:
+    voters = quorum_voters([19093, 19103, 19113])
+    assert voters == "1@127.0.0.1:19093,2@127.0.0.1:19103,3@127.0.0.1:19113"
+    props = parse_properties(server_properties(19102, 19103, tmp_path / "d", node_id=2,
+                                               voters=voters, cluster_size=3))
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == voters
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19102,CONTROLLER://127.0.0.1:19103"
+    assert props["offsets.topic.replication.factor"] == "3"
+    assert props["transaction.state.log.replication.factor"] == "3"
+    # Topics created without their own (Faust's changelogs) still need two copies per ack.
+    assert props["default.replication.factor"] == "3"
+    assert props["min.insync.replicas"] == "2"
+    assert props["transaction.state.log.min.isr"] == "2"
+
+
+def test_single_node_config_has_no_cluster_defaults(tmp_path: Path) -> None:
+    props = parse_properties(server_properties(19092, 19093, tmp_path / "data"))
+    assert "default.replication.factor" not in props and "min.insync.replicas" not in props
+
+
+def test_one_node_cluster_is_the_embedded_broker_unchanged(tmp_path: Path) -> None:
+    """The default (`make run`, DIALGUARD_BROKER_NODES=1) keeps its folders, ports and config."""
+    settings = settings_for(tmp_path)
+    [node] = LocalCluster(settings).nodes
+    single = EmbeddedBroker(settings)
+    assert (node.data, node.run_dir, node.bootstrap) == (single.data, single.run_dir,
+                                                         single.bootstrap)
+    node.write_config()
+    config = node.config.read_text()
+    single.write_config()
+    assert single.config.read_text() == config
+
+
+def test_cluster_nodes_have_own_folders_and_ports_from_the_settings(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DIALGUARD_BROKER_NODES": "3"}, home=tmp_path,
+                                 broker_port=19092, controller_port=19093)
+    cluster = LocalCluster(settings)
+    assert [n.node_id for n in cluster.nodes] == [1, 2, 3]
+    assert cluster.bootstrap == "127.0.0.1:19092,127.0.0.1:19102,127.0.0.1:19112"
+    assert [n.data for n in cluster.nodes] == [
+        tmp_path / "kafka" / "cluster-3" / f"node-{k}" / "data" for k in (1, 2, 3)]
+    assert len({n.pid_file for n in cluster.nodes}) == 3
+    for node in cluster.nodes:
+        node.write_config()
+        props = parse_properties(node.config.read_text())
+        assert props["controller.quorum.voters"] == \
+            "1@127.0.0.1:19093,2@127.0.0.1:19103,3@127.0.0.1:19113"
+    assert cluster.status() and all(not s["running"] for s in cluster.status())
+    cluster.stop()  # nothing running: quiet
+
+
+def test_overlapping_node_ports_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="overlapping"):
+        node_ports(settings_for(tmp_path, 19092, 19102), 3)
+
+
+def test_explicit_ports_must_match_the_node_count(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="3 nodes need 3"):
+        LocalCluster(settings_for(tmp_path), 3, ports=[(1, 2)])
+    with pytest.raises(BrokerError, match="at least one"):
+        LocalCluster(settings_for(tmp_path), 0)
+
+
+def test_cluster_id_is_read_from_the_formatted_storage(tmp_path: Path) -> None:
+    broker = EmbeddedBroker(settings_for(tmp_path))
+    assert broker.cluster_id() is None
+    broker.data.mkdir(parents=True)
+    (broker.data / META_FILE).write_text("#\nnode.id=1\ncluster.id=abcDEF\nversion=1\n")
+    assert broker.cluster_id() == "abcDEF"
+
+
+def test_broker_command_takes_a_node_count() -> None:
+    from services.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["broker", "start", "--nodes", "3"]).nodes == 3
+    assert parser.parse_args(["broker", "stop"]).nodes is None  # DIALGUARD_BROKER_NODES

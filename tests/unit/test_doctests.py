@@ -5,8 +5,9 @@ import importlib
 
 import pytest
 
-MODULES = ["streams.scope", "streams.batches", "streams.numbers",
-           "services.ingest.replay_guard", "streams.source_features", "online_models.source_scorer"]
+MODULES = ["streams.scope", "streams.batches", "streams.numbers", "streams.topics",
+           "streams.source_features", "online_models.source_scorer",
+           "services.ingest.replay_guard"]
 
 
 @pytest.mark.parametrize("name", MODULES)

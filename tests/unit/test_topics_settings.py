@@ -1,7 +1,7 @@
 import pytest
 
 from services.settings import Settings
-from streams.topics import CATALOG, by_name
+from streams.topics import CATALOG, by_name, min_insync_replicas
 
 
 def test_catalog_matches_design():
@@ -37,3 +37,46 @@ def test_sasl_settings_reach_client_config():
                            "DIALGUARD_KAFKA_SASL_PASSWORD": "p"})
     conf = s.kafka_client_config()
     assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
+
+
+@pytest.mark.parametrize("replication, min_isr", [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)])
+def test_min_insync_replicas_is_one_less_than_the_copies_capped_at_two(replication, min_isr):
+    """A single node must still accept writes; 3 copies must survive one broker down."""
+    assert min_insync_replicas(replication) == min_isr
+
+
+def test_min_insync_replicas_rejects_no_copies():
+    with pytest.raises(ValueError, match="at least 1"):
+        min_insync_replicas(0)
+
+
+def test_every_catalog_topic_carries_the_min_isr_of_its_replication():
+    for spec in CATALOG:
+        assert spec.configs()["min.insync.replicas"] == "1", spec.name
+        assert spec.configs(3)["min.insync.replicas"] == "2", spec.name
+
+
+def test_ensure_topics_creates_with_the_settings_replication_and_its_min_isr(monkeypatch):
+    """The one place topics are created passes the replication to the catalog's configs."""
+    import services.admin as admin
+    from streams.topics import SIGNALING_EVENTS
+
+    created: list = []
+
+    class FakeAdmin:
+        def create_topics(self, topics, **_):
+            created.extend(topics)
+            return {}
+
+    class Meta:
+        topics: dict = {}
+
+    monkeypatch.setattr(admin, "wait_for_broker", lambda *a, **k: None)
+    monkeypatch.setattr(admin, "_admin", lambda settings: FakeAdmin())
+    monkeypatch.setattr(admin, "_metadata", lambda *a, **k: Meta())
+    monkeypatch.setattr(admin, "_wait_for_leaders", lambda *a, **k: None)
+    settings = Settings.from_env({}, topic_replication=3, topic_partitions=6)
+    admin.ensure_topics(settings, [SIGNALING_EVENTS])
+    [topic] = created
+    assert topic.replication_factor == 3 and topic.num_partitions == 6
+    assert topic.config["min.insync.replicas"] == "2"
