@@ -27,7 +27,7 @@ from streams.schema import SignalingEvent
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, decision_key, range_of, trunk_id
 from streams.source_features import SourceState
 from streams.topics import SIGNALING_EVENTS, SOURCE_EVENTS
-from tests.integration.worker_harness import HarnessWorker
+from tests.integration.worker_harness import TEST_ENV, HarnessWorker
 
 pytestmark = pytest.mark.integration
 CALLERS = 800
@@ -39,6 +39,7 @@ RANGE_STRIP = 4
 SETTLE_TIMEOUT_S = 240.0
 #: Commit more often than in production, so a kill lands between commits with records held.
 FAULT_ENV = {"DIALGUARD_COMMIT_INTERVAL_S": "0.5"}
+TEST_SESSION_TIMEOUT_S = TEST_ENV["DIALGUARD_WORKER_SESSION_TIMEOUT_S"]
 
 
 def workload(tag: int, seed: int) -> list[SignalingEvent]:
@@ -169,3 +170,68 @@ def test_counts_after_crashes_equal_the_input(broker_settings, tmp_path):
           f"sources off: {len(off_sources)} of {len(want_sources)}")
     assert not off_numbers, list(off_numbers.items())[:10]
     assert not off_sources, list(off_sources.items())[:10]
+
+
+def produce(settings, events: list[SignalingEvent]) -> None:
+    """As dialguard's ingest does: batch records per partition."""
+    sink = EventSink(settings, "test", progress=None)
+    for ev in events:
+        sink.event(ev)
+    sink.close()
+
+
+def owned_partitions(port: int) -> set[str]:
+    """Partitions of signaling.events a worker reports lag for (the ones it owns)."""
+    text = scrape(port) or ""
+    return {line.split('partition="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+            if line.startswith("dialguard_consumer_lag_messages{")}
+
+
+def test_counts_across_scale_out_and_a_crash_equal_the_input(broker_settings, tmp_path):
+    """A second worker joins mid-burst (rebalance), then the first dies with SIGKILL: the
+    second takes all partitions over once the session timeout passes, and counts stay exact.
+    Prints how long the dead worker's partitions went unowned (the detection gap)."""
+    events = workload(tag=3, seed=43)
+    want_numbers, want_sources = truth(events)
+    app_id = f"dg-scale-{uuid.uuid4().hex[:6]}"
+    first = HarnessWorker(broker_settings, tmp_path / "a", app_id=app_id)
+    second = HarnessWorker(broker_settings, tmp_path / "b", app_id=app_id)
+    for w in (first, second):
+        w.extra_env.update(FAULT_ENV)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    try:
+        first.start()
+        half = len(events) // 2
+        produce(broker_settings, events[:half])
+        while folded_events(first.metrics_port) < 0.2 * len(events):
+            assert time.monotonic() < deadline, first.tail()
+            time.sleep(0.05)
+        second.start()  # scale out: the group rebalances under load
+        produce(broker_settings, events[half:])
+        while folded_events(first.metrics_port) + folded_events(second.metrics_port) < \
+                0.6 * len(events):
+            assert time.monotonic() < deadline, second.tail()
+            time.sleep(0.05)
+        first.kill()
+        killed = time.monotonic()
+        while len(owned_partitions(second.metrics_port)) < broker_settings.topic_partitions:
+            assert time.monotonic() < deadline, second.tail()
+            time.sleep(0.2)
+        print(f"\ndead worker's partitions owned again after {time.monotonic() - killed:.1f} s "
+              f"(session timeout {TEST_SESSION_TIMEOUT_S} s; lag is reported every 5 s)")
+        while not settled(broker_settings, app_id):
+            assert time.monotonic() < deadline, second.tail()
+            time.sleep(0.5)
+    finally:
+        first.stop()
+        second.stop()
+    numbers = {k.decode(): CallerState.from_bytes(v).attempts_total
+               for k, v in changelog(broker_settings, app_id, TABLE_NAME).items()}
+    sources = {k.decode(): SourceState.from_bytes(v).attempts_total
+               for k, v in changelog(broker_settings, app_id, SOURCE_TABLE_NAME).items()}
+    off_numbers = [(n, numbers.get(n), w) for n, w in want_numbers.items() if numbers.get(n) != w]
+    off_sources = [(k, sources.get(k), w) for k, w in want_sources.items() if sources.get(k) != w]
+    print(f"numbers off: {len(off_numbers)} of {len(want_numbers)}; "
+          f"sources off: {len(off_sources)} of {len(want_sources)}")
+    assert not off_numbers, off_numbers[:10]
+    assert not off_sources, off_sources[:10]
