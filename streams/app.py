@@ -230,7 +230,18 @@ def owned(tp: Any) -> bool:
     calls lost). Skipped records are read again by whoever owns the partition, from the last
     committed offset.
     """
-    return tp in app.consumer.assignment()
+    return _accepting and tp in app.consumer.assignment()
+
+
+#: False from the start of a revocation until the next assignment: records dequeued in between
+#: are left for whoever owns their partition after the rebalance (see owned()).
+_accepting = True
+
+
+@app.on_partitions_assigned.connect
+async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
+    global _accepting
+    _accepting = True
 
 
 @app.agent(events_topic)
@@ -298,6 +309,8 @@ async def report_lag() -> None:
 @app.on_partitions_revoked.connect
 async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001
     """Commit what is held, then trust the table again: ownership may have moved."""
+    global _accepting
+    _accepting = False
     if _runtime is not None:
         try:
             _runtime.commit()
