@@ -910,7 +910,6 @@ def measure_plain_faust(settings: Settings, home: Path, expected: int,
     try:
         probe.start()
         probe.wait_metrics()
-        samples: list[tuple[float, float]] = []
         last_change, done = time.monotonic(), 0.0
         while done < expected and time.monotonic() - last_change < STALL_S:
             time.sleep(METRICS_POLL_S)

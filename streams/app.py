@@ -373,7 +373,10 @@ def lock_data_folder() -> Any:
 
 def main(argv: list[str] | None = None, loglevel: str = "info") -> None:
     """Run one worker (blocking). Scale out by starting more with distinct ports and datadirs."""
-    lock = lock_data_folder()  # noqa: F841 - held until the process exits
+    lock = lock_data_folder()
     ensure_changelogs()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        lock.close()  # held for the whole run; released here (or by the kernel on a crash)
