@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import orjson
 
@@ -37,6 +37,7 @@ from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, decision_key
                            trunk_id)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: Origin of an event that did not come from Kafka: the source stage never skips it.
 NOWHERE = Folded(NO_PARTITION, -1, 0)
 #: Feature vectors kept for labels that arrive after the fact.
@@ -133,6 +134,34 @@ class MemorySink:
         self.dead.append((raw, reason, detail, origin))
 
 
+def record_items(raw: bytes | None, origin: Origin, decode: Callable[[Any], T],
+                 sink: Sink) -> Iterator[tuple[int, T]]:
+    """Each decodable item of one record (one object, or a batch record's items) with its
+    place in the record; what cannot be decoded goes to the DLQ, counted, and is skipped:
+    the whole record when it is unusable, else the one bad item (as its own JSON), so the
+    rest of its batch still counts. Both stages read their records through this."""
+    try:
+        if raw is None:
+            raise InvalidEvent("missing_field", "record has no value")
+        values = record_values(raw)
+    except InvalidEvent as exc:
+        dead_letter(sink, raw or b"", exc, origin)
+        return
+    batch = len(values) > 1 or raw[:1] == b"["
+    for index, value in enumerate(values):
+        try:
+            item = decode(value)
+        except InvalidEvent as exc:
+            dead_letter(sink, orjson.dumps(value) if batch else raw, exc, origin.at(index))
+            continue
+        yield index, item
+
+
+def dead_letter(sink: Sink, raw: bytes, exc: InvalidEvent, origin: Origin) -> None:
+    metrics.DEAD_LETTERS.labels(exc.reason).inc()
+    sink.dead_letter(raw, exc.reason, exc.detail, origin)
+
+
 class ShadowRun:
     """What one shadow candidate decided so far: its own limiter and per-number actions.
 
@@ -211,28 +240,12 @@ class Detector:
         their batch counts; this never raises for them. Returns how many events were read
         (folded, or skipped as already folded before a restart)."""
         self.positions[origin.partition] = origin.offset
-        try:
-            if raw is None:
-                raise InvalidEvent("missing_field", "record has no value")
-            values = record_values(raw)
-        except InvalidEvent as exc:
-            self._dead_letter(raw or b"", exc, origin)
-            return 0
-        batch = len(values) > 1 or (raw[:1] == b"[")
         read = 0
-        for index, value in enumerate(values):
-            try:
-                ev = self.validator.check(value, now)
-            except InvalidEvent as exc:
-                self._dead_letter(orjson.dumps(value) if batch else raw, exc, origin.at(index))
-                continue
+        for index, ev in record_items(raw, origin, lambda v: self.validator.check(v, now),
+                                      self.sink):
             self.fold(ev, ctx, Folded(origin.partition, origin.offset, index))
             read += 1
         return read
-
-    def _dead_letter(self, raw: bytes, exc: InvalidEvent, origin: Origin) -> None:
-        metrics.DEAD_LETTERS.labels(exc.reason).inc()
-        self.sink.dead_letter(raw, exc.reason, exc.detail, origin)
 
     def fold(self, ev: SignalingEvent, ctx: Any = None, where: Folded | None = None) -> None:
         """Fold one valid event; ``where`` it was read from, when it came from Kafka."""
@@ -261,7 +274,7 @@ class Detector:
                 pool = self.trunk_pools[ev.trunk] = PoolCounters()
             pool.add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
-        self._forward(ev, state, where)
+        self._forward(ev, where, state.is_new(ev.ts, self.cfg), max(len(state.trunks), 1))
         self.pending += 1
         self.newest_minute = max(self.newest_minute, state.hwm_minute)
         self.newest_ts = max(self.newest_ts, state.hwm_ts)
@@ -279,28 +292,27 @@ class Detector:
         position, so the source stage skips it on replay."""
         self.tally.add(metrics.EVENTS_IN, ev.proto, ev.kind)
         self.tally.add(metrics.UNNUMBERED_CALLERS, ev.caller_class or "")
-        origin = NOWHERE if where is None else where
-        self.sink.source_event(SourceEvent.of(
-            decision_key(SCOPE_TRUNK, trunk_id(ev.switch, ev.trunk)), ev, False, 1, origin))
-        self.tally.add(metrics.SOURCE_EVENTS_OUT, "trunk")
+        self._forward(ev, where, caller_new=False, caller_trunks=1)
         self.pending += 1
 
-    def _forward(self, ev: SignalingEvent, state: CallerState, where: Folded | None) -> None:
+    def _forward(self, ev: SignalingEvent, where: Folded | None, caller_new: bool,
+                 caller_trunks: int) -> None:
         """Re-key the event by where it came from, for the source stage (streams.source_*):
-        its trunk, and each configured range of its caller number. Source keys are the keys
-        of the decisions they may lead to (``trunk:<switch>/<trunk>``, ``prefix:<digits>``)."""
-        new = state.is_new(ev.ts, self.cfg)
-        trunks = max(len(state.trunks), 1)
+        its trunk, and each configured range of its caller number (none for a caller that is
+        not a number). Source keys are the keys of the decisions they may lead to
+        (``trunk:<switch>/<trunk>``, ``prefix:<digits>``)."""
         trunk = trunk_id(ev.switch, ev.trunk)
         origin = NOWHERE if where is None else where
-        self.sink.source_event(SourceEvent.of(decision_key(SCOPE_TRUNK, trunk), ev, new,
-                                              trunks, origin))
+        self.sink.source_event(SourceEvent.of(decision_key(SCOPE_TRUNK, trunk), ev, caller_new,
+                                              caller_trunks, origin))
         self.tally.add(metrics.SOURCE_EVENTS_OUT, "trunk")
+        if ev.caller_class is not None:
+            return
         for strip in self.range_strip:
             rng = range_of(ev.caller, strip)
             if rng:
-                self.sink.source_event(SourceEvent.of(decision_key(SCOPE_PREFIX, rng), ev, new,
-                                                      trunks, origin))
+                self.sink.source_event(SourceEvent.of(decision_key(SCOPE_PREFIX, rng), ev,
+                                                      caller_new, caller_trunks, origin))
                 self.tally.add(metrics.SOURCE_EVENTS_OUT, "range")
 
     def _state(self, number: str) -> CallerState:

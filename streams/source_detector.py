@@ -28,16 +28,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import orjson
-
 from online_models.source_scorer import SourceScorer
 from streams import metrics
 from streams.control import ControlState
-from streams.detector import KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore
+from streams.detector import (KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore,
+                              record_items)
 from streams.policy import (ENFORCING, SEVERITY, UNBLOCK, BlockLimiter, CurrentAction,
                             Policy, SourceTarget, decide_source, source_action)
-from streams.schema import (LABEL_TARGET, Decision, InvalidEvent, Label, ScoreRecord,
-                            SourceEvent, record_values)
+from streams.schema import LABEL_TARGET, Decision, Label, ScoreRecord, SourceEvent
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, UNKNOWN, CallMatch, split_trunk_id
 from streams.source_features import (KIND_RANGE, KIND_TRUNK, RANGE_SEGMENTS, SEG_ALL,
                                      SEG_NEIGHBOUR, SEG_UNVERIFIED, SEGMENT_PREFIX,
@@ -115,28 +113,11 @@ class SourceDetector:
         of them in row form (what the number stage writes). Bad ones go to the DLQ one by
         one. Returns how many were read."""
         self.positions[origin.partition] = origin.offset
-        try:
-            if raw is None:
-                raise InvalidEvent("missing_field", "record has no value")
-            values = record_values(raw)
-        except InvalidEvent as exc:
-            self._dead_letter(raw or b"", exc, origin)
-            return 0
-        batch = raw[:1] == b"["
         read = 0
-        for index, value in enumerate(values):
-            try:
-                ev = SourceEvent.from_value(value)
-            except InvalidEvent as exc:
-                self._dead_letter(orjson.dumps(value) if batch else raw, exc, origin.at(index))
-                continue
+        for _, ev in record_items(raw, origin, SourceEvent.from_value, self.sink):
             self.fold(ev, ctx)
             read += 1
         return read
-
-    def _dead_letter(self, raw: bytes, exc: InvalidEvent, origin: Origin) -> None:
-        metrics.DEAD_LETTERS.labels(exc.reason).inc()
-        self.sink.dead_letter(raw, exc.reason, exc.detail, origin)
 
     def fold(self, ev: SourceEvent, ctx: Any = None) -> None:
         kind = source_kind(ev.key)
