@@ -74,6 +74,17 @@ def _on_dlq_delivery(err: Any, msg: Any) -> None:
                     headers.get(DLQ_HEADER_REASON, b"?").decode(errors="replace"), err)
 
 
+def partition_count(producer: Any, topic: str) -> int:
+    """The topic's partition count as the broker knows it: batch records must land on the
+    partition their keys hash to there, whatever the settings say."""
+    meta = producer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise KafkaException(f"topic {topic} has no partitions on the broker "
+                             f"({None if meta is None else meta.error}); create the topics "
+                             "first (dialguard topics)")
+    return len(meta.partitions)
+
+
 def producer_config(settings: Settings) -> dict[str, Any]:
     """Durable, ordered per key, and partitioned like Java/aiokafka clients (murmur2)."""
     return {**settings.kafka_client_config(), "acks": "all", "enable.idempotence": True,
@@ -116,7 +127,7 @@ class KafkaSink:
         """An accepted event re-keyed by its trunk or caller range, for the source stage:
         gathered into batch records per partition (sent when full or on ``flush_sources``)."""
         if self.sources is None:
-            self.sources = PartitionBatches(self._partitions(SOURCE_EVENTS.name))
+            self.sources = PartitionBatches(partition_count(self.producer, SOURCE_EVENTS.name))
         full = self.sources.add(event.key.encode(), event.row())
         if full is not None:
             self._produce_batch(SOURCE_EVENTS.name, *full)
@@ -141,21 +152,8 @@ class KafkaSink:
         return self.producer.flush(timeout) == 0
 
     def _produce_batch(self, topic: str, partition: int, rows: list[Any]) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=encode_batch(rows), partition=partition,
-                                      on_delivery=self._on_delivery)
-                return
-            except BufferError:
-                self.producer.poll(0.1)
+        self._produce(topic, None, encode_batch(rows), partition=partition)
 
-    def _partitions(self, topic: str) -> int:
-        """The topic's partition count as the broker knows it (what the agents consume)."""
-        meta = self.producer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise KafkaException(f"topic {topic} has no partitions on the broker "
-                                 f"({None if meta is None else meta.error})")
-        return len(meta.partitions)
 
     def score(self, record: ScoreRecord) -> None:
         self._produce(SCORES.name, record.number.encode(), record.encode())

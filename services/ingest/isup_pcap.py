@@ -34,7 +34,7 @@ from services.ingest.mtp3 import (ANSI, ITU, REASON_BAD_M3UA, REASON_BAD_MTP3, S
                                   Transfer, decode_msu)
 from services.ingest.mtp3 import decode_m3ua as decode_m3ua_transfer
 from services.ingest import replay_guard
-from services.ingest.sink import EventSink, replay_sink
+from services.ingest.sink import replay_sink
 from services.ingest.ss7_links import M3UA, Payload, Skip, read_payloads
 from services.settings import Settings
 from streams.schema import EventValidator

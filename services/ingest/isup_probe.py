@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterable
 from services.ingest.isup_calls import (MESSAGES, NAI_NAMES, NAI_UNKNOWN, REL, IsupFeed,
                                         IsupMessage, tracker_for)
 from services.ingest import replay_guard
-from services.ingest.sink import EventSink, replay_sink
+from services.ingest.sink import replay_sink
 from services.settings import Settings
 from streams.schema import (REASON_MISSING, REASON_NUMBER, REASON_TYPE, REASON_VALUE,
                             EventValidator, InvalidEvent, json_object)

@@ -27,13 +27,12 @@ from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_REASON, DLQ_HEADER_SOU
 from services.ingest.replay_guard import DB_NAME, WHY_REPLAYED, PublishedEvents
 from streams.batches import PartitionBatches
 from streams.numbers import CALLER_TEXT_MAX, caller_class
-from streams.sink import DLQ_MAX_DETAIL_BYTES, dlq_copy, producer_config
+from streams.sink import DLQ_MAX_DETAIL_BYTES, dlq_copy, partition_count, producer_config
 from streams.topics import SIGNALING_DLQ, SIGNALING_EVENTS
 
 log = logging.getLogger("dialguard.ingest")
 
 FLUSH_TIMEOUT_S = 30.0
-METADATA_TIMEOUT_S = 10.0
 #: A progress line at most this often (wall seconds) while records flow.
 PROGRESS_EVERY_S = 5.0
 
@@ -97,7 +96,9 @@ class EventSink:
             self._produce(SIGNALING_EVENTS.name, ev.key, ev.encode(), None)
         else:
             if self.batches is None:
-                self.batches = PartitionBatches(self._partition_count(), self.batch_events)
+                if self._partitions is None:
+                    self._partitions = partition_count(self.producer, SIGNALING_EVENTS.name)
+                self.batches = PartitionBatches(self._partitions, self.batch_events)
             full = self.batches.add(ev.key, ev)
             if full is not None:
                 self._produce_batch(*full)
@@ -163,27 +164,8 @@ class EventSink:
         self.producer.poll(0)
 
     # -- plumbing -------------------------------------------------------------------------
-    def _partition_count(self) -> int:
-        """Partitions of the events topic as the broker knows them (batches must land where
-        the caller's key hashes to)."""
-        if self._partitions is None:
-            topic = SIGNALING_EVENTS.name
-            meta = self.producer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise KafkaException(f"topic {topic} has no partitions on the broker; create "
-                                     f"the topics first (dialguard topics)")
-            self._partitions = len(meta.partitions)
-        return self._partitions
-
     def _produce_batch(self, partition: int, events: list[SignalingEvent]) -> None:
-        while True:
-            try:
-                self.producer.produce(SIGNALING_EVENTS.name, value=encode_batch(events),
-                                      partition=partition, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+        self._produce(SIGNALING_EVENTS.name, None, encode_batch(events), None, partition)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -192,11 +174,11 @@ class EventSink:
             log.error("delivery to %s failed: %s", msg.topic(), err)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes]] | None) -> None:
+                 headers: list[tuple[str, bytes]] | None, partition: int = -1) -> None:
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=self._on_delivery)
+                                      partition=partition, on_delivery=self._on_delivery)
                 break
             except BufferError:
                 self.producer.poll(0.1)  # local queue full: let librdkafka drain it

@@ -32,7 +32,7 @@ from typing import Iterator
 
 from services.ingest.capture_files import FileReport, clean_tshark_errors, exit_status, read_all
 from services.ingest import replay_guard
-from services.ingest.sink import EventSink, replay_sink
+from services.ingest.sink import replay_sink
 from services.ingest.sip_feed import SipFeed
 from services.settings import Settings
 from services.system import system_tool

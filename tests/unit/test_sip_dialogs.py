@@ -15,7 +15,7 @@ from services.ingest.sip_dialogs import (REASON_NO_CALLER, REASON_SIP_PARSE, Dia
 from services.ingest.sip_feed import SipFeed
 from services.ingest.sip_pcap import split_messages
 from services.settings import Settings
-from streams.schema import DLQ_HEADER_REASON, EventValidator, SignalingEvent
+from streams.schema import DLQ_HEADER_REASON, EventValidator
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sip" / "kamailio_calls.hep"
 T0 = 1_795_420_800.0
@@ -251,7 +251,7 @@ class RecordingProducer:
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, bytes, dict]] = []
 
-    def produce(self, topic, value, key, headers, on_delivery) -> None:
+    def produce(self, topic, value, key, headers, on_delivery, partition=-1) -> None:
         self.records.append((topic, key, value, dict(headers or [])))
 
     def poll(self, timeout: float) -> int:
