@@ -43,7 +43,7 @@ import tracemalloc
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import orjson
 
@@ -848,25 +848,11 @@ def measure_worker(worker: WorkerProcess, expected: int, results: Results) -> fl
     say("phase 2/5 worker: starting a worker on a fresh app id ...")
     started = time.monotonic()
     worker.start()
-    text = worker.wait_metrics()
+    worker.wait_metrics()
     say(f"worker metrics up after {time.monotonic() - started:.1f}s; draining "
         f"{expected:,} events ...")
-    samples: list[tuple[float, float]] = []
-    last_change, done, last_note = time.monotonic(), progress_count(text), 0.0
-    while done < expected and time.monotonic() - last_change < STALL_S:
-        time.sleep(METRICS_POLL_S)
-        worker.check_alive()
-        text = scrape(worker.metrics_port)
-        if text is None:
-            continue
-        count = progress_count(text)
-        now = time.monotonic()
-        samples.append((now, count))
-        if count > done:
-            done, last_change = count, now
-        if now - last_note >= STALL_S / 6:
-            say(f"worker processed {done:,.0f} of {expected:,} events")
-            last_note = now
+    samples, done, _ = poll_counts(worker, progress_count, lambda _: expected,
+                                   note="worker processed")
     results.worker = throughput(samples)
     if done < expected:
         results.worker_note = f"stalled at {done:,.0f} of {expected:,}"
@@ -878,23 +864,41 @@ def measure_worker(worker: WorkerProcess, expected: int, results: Results) -> fl
     return done
 
 
+def poll_counts(proc: WorkerProcess, count: Callable[[str], float],
+                goal: Callable[[str], float], note: str = ""
+                ) -> tuple[list[tuple[float, float]], float, float]:
+    """Poll a process's metrics until ``count`` reaches ``goal`` (both read from the metrics
+    text; a goal of 0 is not reached yet) or has not moved for ``STALL_S``. Returns the
+    ``(time, count)`` samples, the count reached and the last goal; ``note`` prints progress
+    now and then."""
+    samples: list[tuple[float, float]] = []
+    last_change, done, wanted, last_note = time.monotonic(), 0.0, 0.0, 0.0
+    while time.monotonic() - last_change < STALL_S:
+        time.sleep(METRICS_POLL_S)
+        proc.check_alive()
+        text = scrape(proc.metrics_port)
+        if text is None:
+            continue
+        reached, wanted = count(text), goal(text)
+        now = time.monotonic()
+        samples.append((now, reached))
+        if reached > done:
+            done, last_change = reached, now
+        if note and now - last_note >= STALL_S / 6:
+            say(f"{note} {done:,.0f} of {wanted:,.0f}")
+            last_note = now
+        if wanted and done >= wanted:
+            break
+    return samples, done, wanted
+
+
 def measure_sources(worker: WorkerProcess, results: Results) -> None:
     """The source stage's rate in the same run: re-keyed events folded per second, from its
     first to its last, until it has folded every event the number stage re-keyed."""
-    samples: list[tuple[float, float]] = []
-    last_change, folded, wanted = time.monotonic(), -1.0, 0.0
-    while time.monotonic() - last_change < STALL_S:
-        text = scrape(worker.metrics_port)
-        if text is not None:
-            wanted = metric_sum(text, SOURCE_OUT_COUNTER)
-            count = metric_sum(text, SOURCE_IN_COUNTER) + metric_sum(text, SOURCE_LATE_COUNTER)
-            now = time.monotonic()
-            samples.append((now, count))
-            if count > folded:
-                folded, last_change = count, now
-            if wanted and count >= wanted:
-                break
-        time.sleep(METRICS_POLL_S)
+    samples, folded, wanted = poll_counts(
+        worker, lambda text: (metric_sum(text, SOURCE_IN_COUNTER)
+                              + metric_sum(text, SOURCE_LATE_COUNTER)),
+        lambda text: metric_sum(text, SOURCE_OUT_COUNTER))
     results.sources = throughput(samples)
     if folded < wanted:
         results.sources_note = f"stalled at {folded:,.0f} of {wanted:,.0f}"
@@ -910,16 +914,8 @@ def measure_plain_faust(settings: Settings, home: Path, expected: int,
     try:
         probe.start()
         probe.wait_metrics()
-        last_change, done = time.monotonic(), 0.0
-        while done < expected and time.monotonic() - last_change < STALL_S:
-            time.sleep(METRICS_POLL_S)
-            probe.check_alive()
-            text = scrape(probe.metrics_port)
-            if text is None:
-                continue
-            count = metric_sum(text, FAUST_EVENTS_COUNTER)
-            if count > done:
-                done, last_change = count, time.monotonic()
+        _, done, _ = poll_counts(probe, lambda text: metric_sum(text, FAUST_EVENTS_COUNTER),
+                                 lambda _: expected)
         # The agent stamps its first and last record itself: batch records may all be read
         # between two polls.
         text = scrape(probe.metrics_port) or ""
