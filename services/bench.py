@@ -49,7 +49,7 @@ import orjson
 
 from services.broker import free_ports
 from services.admin import watermarks
-from services.settings import REPO_ROOT, Settings
+from services.settings import REPO_ROOT, STAGE_NUMBER, STAGE_SOURCE, Settings
 from services.worker_process import WorkerProcess, scrape
 from services.simulator import MOBILE_PREFIXES, Scenario, Simulation, Subscribers
 from streams.features import CallerState, FeatureConfig
@@ -164,7 +164,7 @@ LABEL_CEILING_SINGLE = "1 ceiling: consume(1000)+orjson.loads, 1 CPU, 1 event/re
 LABEL_CEILING = "  ceiling, batch records as ingest writes them"
 LABEL_FAUST = "  plain Faust agent (no work), batch records"
 LABEL_WORKER = "2 worker end-to-end, 1 process, number stage"
-LABEL_SOURCES = "  source stage, same process (re-keyed events)"
+LABEL_SOURCES = "  source stage (re-keyed events)"
 LABEL_RATIO = "  worker / ceiling (batch records)"
 LABEL_RATIO_SINGLE = "  worker / ceiling (1 event/record)"
 LABEL_WORKER_RSS = "  worker RSS after figures 2 and 3"
@@ -195,6 +195,9 @@ FIGURE_LABELS = (LABEL_CEILING_SINGLE, LABEL_CEILING, LABEL_FAUST, LABEL_WORKER,
                  LABEL_RSS_BASE,
                  LABEL_RSS_PER, LABEL_RSS_STATES, LABEL_DETECTOR_RATE)
 RSS_CHILD_FLAG = "--rss-child"
+#: ``--stages``: how the worker's two stages are deployed for figures 2 and 3.
+STAGES_APART, STAGES_TOGETHER = "apart", "together"
+STAGE_LAYOUTS = (STAGES_APART, STAGES_TOGETHER)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +211,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"length of the live latency phase (default {DEFAULT_LATENCY_S:g})")
     parser.add_argument("--skip-worker", action="store_true",
                         help="skip figures 2 and 3 (no worker process)")
+    parser.add_argument("--stages", choices=STAGE_LAYOUTS, default=STAGES_APART,
+                        help=f"{STAGES_APART} (default): the number stage and the source stage "
+                             "in two worker processes of one app id (DIALGUARD_WORKER_STAGES), "
+                             f"each figure that of one process; {STAGES_TOGETHER}: one worker "
+                             "running both, as `dialguard up` starts it")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary broker home (data, worker log) and print it")
 
@@ -495,6 +503,8 @@ class Results:
     worker_note: str = ""
     sources: float | None = None
     sources_note: str = ""
+    #: --stages: the two stages in one worker process or in two
+    stages: str = STAGES_APART
     #: decision latencies of each live run (the table shows p50/p99 per run)
     latency_runs: list[list[float]] = field(default_factory=list)
     live_offered: float | None = None
@@ -840,15 +850,21 @@ def consume_and_decode(consumer: Any, expected: int) -> float | None:
     return (seen - first_n) / (last_t - first_t) if last_t > first_t else None
 
 
-def measure_worker(worker: WorkerProcess, expected: int, results: Results) -> float:
+def measure_worker(worker: WorkerProcess, sources: WorkerProcess, expected: int,
+                   results: Results) -> float:
     """Figure 2: poll the worker's counters until it has processed every pre-filled event.
 
-    Returns the wall seconds it took, the fallback rate when the run was too short to time.
+    ``sources`` runs the source stage: ``worker`` itself, or a second process of the same app
+    id. Returns how many events the number stage processed.
     """
-    say("phase 2/5 worker: starting a worker on a fresh app id ...")
+    say("phase 2/5 worker: starting " + ("a worker" if sources is worker else
+                                         "a number-stage and a source-stage worker") +
+        " on a fresh app id ...")
     started = time.monotonic()
-    worker.start()
-    worker.wait_metrics()
+    for proc in {id(worker): worker, id(sources): sources}.values():
+        proc.start()
+    for proc in {id(worker): worker, id(sources): sources}.values():
+        proc.wait_metrics()
     say(f"worker metrics up after {time.monotonic() - started:.1f}s; draining "
         f"{expected:,} events ...")
     samples, done, _ = poll_counts(worker, progress_count, lambda _: expected,
@@ -860,7 +876,7 @@ def measure_worker(worker: WorkerProcess, expected: int, results: Results) -> fl
         results.worker_note = "too few events to time; from worker start"
         results.worker = expected / max(time.monotonic() - started, METRICS_POLL_S)
     say(f"phase 2/5 number stage: {fmt_rate(results.worker)}; waiting for the source stage ...")
-    measure_sources(worker, results)
+    measure_sources(worker, sources, results)
     return done
 
 
@@ -892,13 +908,15 @@ def poll_counts(proc: WorkerProcess, count: Callable[[str], float],
     return samples, done, wanted
 
 
-def measure_sources(worker: WorkerProcess, results: Results) -> None:
+def measure_sources(worker: WorkerProcess, sources: WorkerProcess, results: Results) -> None:
     """The source stage's rate in the same run: re-keyed events folded per second, from its
-    first to its last, until it has folded every event the number stage re-keyed."""
+    first to its last, until it has folded every event the number stage re-keyed (counted by
+    ``worker``, the number stage's process)."""
     samples, folded, wanted = poll_counts(
-        worker, lambda text: (metric_sum(text, SOURCE_IN_COUNTER)
-                              + metric_sum(text, SOURCE_LATE_COUNTER)),
-        lambda text: metric_sum(text, SOURCE_OUT_COUNTER))
+        sources, lambda text: (metric_sum(text, SOURCE_IN_COUNTER)
+                               + metric_sum(text, SOURCE_LATE_COUNTER)),
+        lambda text: metric_sum(text if sources is worker else
+                                scrape(worker.metrics_port) or "", SOURCE_OUT_COUNTER))
     results.sources = throughput(samples)
     if folded < wanted:
         results.sources_note = f"stalled at {folded:,.0f} of {wanted:,.0f}"
@@ -1001,13 +1019,17 @@ class LatencyRun:
 
 
 def measure_latency(settings: Settings, worker: WorkerProcess, rate: float, seconds: float,
-                    processed: float, results: Results, broker_pid: int | None = None) -> float:
-    """Returns how many events the worker has processed in all (this run's included)."""
-    """Figure 3: live traffic at ``rate`` with robot bursts; decisions timed on arrival."""
+                    processed: float, results: Results, broker_pid: int | None = None,
+                    sources: WorkerProcess | None = None) -> float:
+    """Figure 3: live traffic at ``rate`` with robot bursts; decisions timed on arrival.
+
+    Returns how many events the worker has processed in all (this run's included)."""
     say(f"phase 3/5 latency: live traffic at {rate:,.0f} events/s for {seconds:g}s ...")
     before = histogram_buckets(scrape(worker.metrics_port) or "", LATENCY_HISTOGRAM)
     pids = {"worker": worker.proc.pid if worker.proc else None, "broker": broker_pid,
             "bench": os.getpid()}
+    if sources is not None and sources is not worker and sources.proc is not None:
+        pids["sources"] = sources.proc.pid
     cpu_before = cpu_snapshot(pids)
     run = LatencyRun(settings, rate, seed=SIM_SEED + len(results.latency_runs))
     try:
@@ -1165,7 +1187,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     bs = bench_settings(settings, home)
     results.partitions = bs.topic_partitions
     broker = EmbeddedBroker(bs, libs_dir=settings.kafka_dir / "libs")
-    worker = WorkerProcess(bs, home / "worker", app_id=f"bench-{uuid.uuid4().hex[:8]}")
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    results.stages = args.stages
+    if args.stages == STAGES_APART:
+        worker = WorkerProcess(bs, home / "worker", app_id=app_id,
+                               extra_env={"DIALGUARD_WORKER_STAGES": STAGE_NUMBER})
+        sources = WorkerProcess(bs, home / "sources", app_id=app_id,
+                                extra_env={"DIALGUARD_WORKER_STAGES": STAGE_SOURCE})
+    else:
+        worker = sources = WorkerProcess(bs, home / "worker", app_id=app_id)
     try:
         with sigterm_interrupts():
             events = generate(args.events)
@@ -1185,18 +1215,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 results.notes.append("figures 2 and 3 skipped (--skip-worker)")
             else:
                 measure_plain_faust(bs, home, results.events, results)
-                processed = measure_worker(worker, results.events, results)
+                processed = measure_worker(worker, sources, results.events, results)
                 rate = LIVE_RATE_SHARE * (results.worker or 0.0)
                 for n in range(1, LATENCY_RUNS + 1):
                     say(f"latency run {n} of {LATENCY_RUNS}")
                     processed = measure_latency(bs, worker, rate, args.seconds, processed,
-                                                results, broker.pid())
+                                                results, broker.pid(), sources)
             worker.stop()
+            sources.stop()
             with contextlib.redirect_stdout(sys.stderr):
                 broker.stop()
             measure_rss(args.callers, results)
     finally:
         worker.stop()
+        sources.stop()
         with contextlib.redirect_stdout(sys.stderr):
             broker.stop()
         if args.keep:
@@ -1213,7 +1245,11 @@ def add_notes(args: argparse.Namespace, results: Results) -> None:
     results.notes += [
         "figure 1 reads the same pre-filled signaling.events topic as figure 2 (the broker is "
         "the bench's own, so the topic is scratch data); lz4 compressed, as producer_config.",
-        "figure 2 is one Python process; CPUs are shared with the broker and the bench.",
+        ("figure 2: the number stage and the source stage ran in two worker processes of "
+         "one app id (--stages apart), each figure that of one process" if
+         results.stages == STAGES_APART else
+         "figure 2: one worker process ran both stages (--stages together)") +
+        "; CPUs are shared with the broker and the bench.",
         "figure 3 runs right after the replay at half its rate; live traffic (a new number "
         "per ordinary call) costs the worker more per event than the replay, so headroom is "
         "small and any stall or CPU contention (see the CPU row) leaves a backlog that takes "

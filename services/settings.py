@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "DIALGUARD_"
+#: The worker's stages (``DIALGUARD_WORKER_STAGES``), in data-flow order.
+STAGE_NUMBER, STAGE_SOURCE = "number", "source"
+WORKER_STAGES = (STAGE_NUMBER, STAGE_SOURCE)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -93,6 +96,11 @@ class Settings:
     #: heartbeats go out every ``worker_heartbeat_s`` (a third of it or less).
     worker_session_timeout_s: float = 10.0
     worker_heartbeat_s: float = 3.0
+    #: Which stages a worker runs: ``number`` (per-number state, reads signaling.events),
+    #: ``source`` (per-trunk and per-range state, reads signaling.sources), or both (the
+    #: default). The stages share only topics, so a deployment may run them in separate
+    #: processes of one app id, each stage then getting a core of its own.
+    worker_stages: str = "number,source"
     #: Late events within this many seconds of a number's newest event are still counted.
     late_grace_s: float = 120.0
     #: Answered calls shorter than this are "short" (robots get hung up on).
@@ -299,6 +307,15 @@ class Settings:
             raise ValueError(f"DIALGUARD_SOURCE_RANGE_STRIP={self.source_range_strip!r}: each "
                              "value must be 1 to 8 digits")
         return values
+
+    @property
+    def stages(self) -> frozenset[str]:
+        """``worker_stages`` validated: a non-empty subset of ``WORKER_STAGES``."""
+        chosen = frozenset(v.strip() for v in self.worker_stages.split(",") if v.strip())
+        if not chosen or not chosen <= set(WORKER_STAGES):
+            raise ValueError(f"DIALGUARD_WORKER_STAGES={self.worker_stages!r}: name one or both "
+                             f"of {', '.join(WORKER_STAGES)} (comma separated)")
+        return chosen
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) connection settings, security included."""

@@ -4,8 +4,12 @@ the two stages on them.
 Layout follows faust-streaming's examples: the app, its topics and tables at module level, one
 agent per stage, timers. The number stage (:class:`Detector`) folds events per caller and
 re-keys each accepted event by its trunk and caller ranges onto ``signaling.sources``; the
-source stage (:class:`SourceDetector`) owns those keys and decides on ranges and trunks. Both
-stages run in every worker, each on the partitions Faust assigns it.
+source stage (:class:`SourceDetector`) owns those keys and decides on ranges and trunks. A
+worker runs both stages by default, each on the partitions Faust assigns it;
+``DIALGUARD_WORKER_STAGES`` names one of them to run it alone, so a deployment can give each
+stage processes (and cores) of its own in one app id. Faust's assignor gives each member only
+partitions of the topics it subscribes to, so number-only and source-only workers share one
+consumer group and the tables' changelogs as a both-stages worker would.
 
 Why the agents look the way they do:
 
@@ -40,7 +44,7 @@ from prometheus_client import start_http_server
 
 from online_models.scorer import NuisanceScorer
 from online_models.source_scorer import SourceScorer
-from services.settings import Settings
+from services.settings import STAGE_NUMBER, STAGE_SOURCE, Settings
 from streams import metrics
 from streams.control import ControlFeed, ControlState
 from streams.detector import Detector, Origin
@@ -103,14 +107,19 @@ app = faust.App(
     broker_heartbeat_interval=settings.worker_heartbeat_s,
 )
 
+STAGES = settings.stages
 events_topic = app.topic(SIGNALING_EVENTS.name, key_type=bytes, value_type=bytes,
                          partitions=settings.topic_partitions)
-state_table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, default=None,
-                        partitions=settings.topic_partitions)
 sources_topic = app.topic(SOURCE_EVENTS.name, key_type=bytes, value_type=bytes,
                           partitions=settings.topic_partitions)
+# A table is declared only where its stage runs: Faust recovers (and assigns the changelog of)
+# every table an app declares, which a worker without the stage would do for nothing.
+state_table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, default=None,
+                        partitions=settings.topic_partitions) \
+    if STAGE_NUMBER in STAGES else None
 source_table = app.Table(SOURCE_TABLE_NAME, key_type=bytes, value_type=bytes, default=None,
-                         partitions=settings.topic_partitions)
+                         partitions=settings.topic_partitions) \
+    if STAGE_SOURCE in STAGES else None
 
 
 class TableStore:
@@ -166,24 +175,29 @@ class Runtime:
                  settings.source_checkpoint_path)
         self.sink = KafkaSink(settings)
         self.detector = Detector(settings, self.scorer, self.control, self.sink,
-                                 TableStore(state_table, self.sink))
+                                 TableStore(state_table, self.sink)) \
+            if state_table is not None else None
         self.sources = SourceDetector(settings, self.source_scorer, self.control, self.sink,
-                                      TableStore(source_table, self.sink))
-        self.batch = MicroBatch([self.detector, self.sources], self.sink,
-                                settings.commit_interval_s, settings.commit_max_states,
-                                DELIVER_TIMEOUT_S)
+                                      TableStore(source_table, self.sink)) \
+            if source_table is not None else None
+        #: The stages this worker runs (DIALGUARD_WORKER_STAGES), in data-flow order.
+        self.stages: list[Detector | SourceDetector] = [
+            stage for stage in (self.detector, self.sources) if stage is not None]
+        self.batch = MicroBatch(self.stages, self.sink, settings.commit_interval_s,
+                                settings.commit_max_states, DELIVER_TIMEOUT_S)
         self.last_checkpoint = time.monotonic()
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         shadow = self.control.shadow
-        log.info("metrics on http://%s:%d/metrics; policy %s v%d; shadow %s; kill switch %s",
-                 settings.metrics_host, settings.metrics_port,
+        log.info("metrics on http://%s:%d/metrics; stages %s; policy %s v%d; shadow %s; "
+                 "kill switch %s", settings.metrics_host, settings.metrics_port,
+                 ",".join(s for s in (STAGE_NUMBER, STAGE_SOURCE) if s in STAGES),
                  self.control.policy.name, self.control.policy.version,
                  f"v{shadow.version}" if shadow else "none",
                  "ON" if self.control.dry_run_all else "off")
 
     def flush(self) -> None:
         """Publish: labels learned, counters out, re-keyed events sent (not a commit)."""
-        for d in self.detector.publish() + self.sources.publish():
+        for d in [d for stage in self.stages for d in stage.publish()]:
             log.info("DECISION %s %s%s ttl=%ss score=%.2f | %s", d.action, d.number,
                      " (dry-run)" if d.dry_run else "", d.ttl_s, d.score, "; ".join(d.reasons))
         self.sink.flush_sources()
@@ -244,11 +258,11 @@ async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:  # 
     _accepting = True
 
 
-@app.agent(events_topic)
 async def detect(stream: faust.StreamT) -> None:
     """The number stage: per-caller state, scored, number decisions, events re-keyed."""
     rt = runtime()
     detector, batch = rt.detector, rt.batch
+    assert detector is not None  # the agent exists only where the stage runs
     flush_at = settings.flush_events
     async for event in stream.noack().events():
         msg = event.message
@@ -263,11 +277,11 @@ async def detect(stream: faust.StreamT) -> None:
         await asyncio.sleep(0)  # see FAIR_TURNS
 
 
-@app.agent(sources_topic)
 async def detect_sources(stream: faust.StreamT) -> None:
     """The source stage: per-trunk and per-range state, scored, scoped decisions."""
     rt = runtime()
     sources, batch = rt.sources, rt.batch
+    assert sources is not None  # the agent exists only where the stage runs
     flush_at = settings.flush_events
     async for event in stream.noack().events():
         msg = event.message
@@ -282,6 +296,14 @@ async def detect_sources(stream: faust.StreamT) -> None:
         await asyncio.sleep(0)  # see FAIR_TURNS
 
 
+# Agents of the stages this worker runs (DIALGUARD_WORKER_STAGES); their names stay those of
+# the functions, as if decorated.
+if STAGE_NUMBER in STAGES:
+    app.agent(events_topic, name=f"{__name__}.detect")(detect)
+if STAGE_SOURCE in STAGES:
+    app.agent(sources_topic, name=f"{__name__}.detect_sources")(detect_sources)
+
+
 @app.timer(interval=settings.flush_interval_s)
 async def periodic_flush() -> None:
     if _runtime is not None:
@@ -293,7 +315,7 @@ async def periodic_flush() -> None:
 @app.timer(interval=LAG_INTERVAL_S)
 async def report_lag() -> None:
     """Consumer lag per owned partition: highwater minus the last offset we folded."""
-    if _runtime is None:
+    if _runtime is None or _runtime.detector is None:
         return
     positions = _runtime.detector.positions
     for tp in app.consumer.assignment():
@@ -320,7 +342,7 @@ async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:  # no
         dropped = _runtime.batch.forget()
         if dropped:
             log.info("rebalance: %d records left unacknowledged for their new owners", dropped)
-        for stage in (_runtime.detector, _runtime.sources):
+        for stage in _runtime.stages:
             stage.dirty.clear()
             stage.forget_cache()
     for tp in revoked:
@@ -345,7 +367,8 @@ def ensure_changelogs() -> None:
 
     ensure_topics(settings, [
         TopicSpec(table.changelog_topic_name, settings.topic_partitions, "compact", -1,
-                  "table key", "state bytes") for table in (state_table, source_table)])
+                  "table key", "state bytes") for table in (state_table, source_table)
+        if table is not None])
 
 
 class DataFolderInUse(RuntimeError):

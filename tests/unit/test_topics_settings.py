@@ -80,3 +80,12 @@ def test_ensure_topics_creates_with_the_settings_replication_and_its_min_isr(mon
     [topic] = created
     assert topic.replication_factor == 3 and topic.num_partitions == 6
     assert topic.config["min.insync.replicas"] == "2"
+
+
+def test_worker_stages_default_to_both_and_reject_unknown_names():
+    assert Settings.from_env(environ={}).stages == {"number", "source"}
+    only = Settings.from_env(environ={"DIALGUARD_WORKER_STAGES": " source "})
+    assert only.stages == {"source"}
+    for bad in ("", "numbers", "number,trunk", ","):
+        with pytest.raises(ValueError, match="DIALGUARD_WORKER_STAGES"):
+            Settings.from_env(environ={"DIALGUARD_WORKER_STAGES": bad}).stages
