@@ -73,7 +73,7 @@ class Origin:
 
 class Sink(Protocol):
     def decision(self, decision: Decision) -> None: ...
-    def source_event(self, event: SourceEvent) -> None: ...
+    def source_row(self, row: tuple[Any, ...]) -> None: ...
     def shadow_decision(self, decision: Decision) -> None: ...
     def score(self, record: ScoreRecord) -> None: ...
     def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None: ...
@@ -115,7 +115,8 @@ class MemorySink:
         self.on_source = on_source
         self.source_events: list[SourceEvent] = []
 
-    def source_event(self, event: SourceEvent) -> None:
+    def source_row(self, row: tuple[Any, ...]) -> None:
+        event = SourceEvent(*row)
         if self.on_source is not None:
             self.on_source(event)
         else:
@@ -301,18 +302,17 @@ class Detector:
         its trunk, and each configured range of its caller number (none for a caller that is
         not a number). Source keys are the keys of the decisions they may lead to
         (``trunk:<switch>/<trunk>``, ``prefix:<digits>``)."""
-        trunk = trunk_id(ev.switch, ev.trunk)
-        origin = NOWHERE if where is None else where
-        self.sink.source_event(SourceEvent.of(decision_key(SCOPE_TRUNK, trunk), ev, caller_new,
-                                              caller_trunks, origin))
+        tail = SourceEvent.row_tail(ev, caller_new, caller_trunks,
+                                    NOWHERE if where is None else where)
+        send = self.sink.source_row
+        send((decision_key(SCOPE_TRUNK, trunk_id(ev.switch, ev.trunk)), *tail))
         self.tally.add(metrics.SOURCE_EVENTS_OUT, "trunk")
         if ev.caller_class is not None:
             return
         for strip in self.range_strip:
             rng = range_of(ev.caller, strip)
             if rng:
-                self.sink.source_event(SourceEvent.of(decision_key(SCOPE_PREFIX, rng), ev,
-                                                      caller_new, caller_trunks, origin))
+                send((decision_key(SCOPE_PREFIX, rng), *tail))
                 self.tally.add(metrics.SOURCE_EVENTS_OUT, "range")
 
     def _state(self, number: str) -> CallerState:

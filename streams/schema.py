@@ -472,12 +472,20 @@ class SourceEvent:
     @classmethod
     def of(cls, key: str, ev: SignalingEvent, caller_new: bool, caller_trunks: int,
            origin: tuple[int, int, int] = (-1, -1, 0)) -> "SourceEvent":
-        return cls(key, ev.ts, ev.kind, ev.proto, ev.call_id, ev.caller, ev.callee, ev.code,
-                   ev.duration_s, ev.trunk, ev.switch, ev.attest, caller_new, caller_trunks,
-                   *origin, ev.caller_class)
+        return cls(key, *cls.row_tail(ev, caller_new, caller_trunks, origin))
 
     def encode(self) -> bytes:
         return orjson.dumps(self)
+
+    @staticmethod
+    def row_tail(ev: SignalingEvent, caller_new: bool, caller_trunks: int,
+                 origin: tuple[int, int, int]) -> tuple[Any, ...]:
+        """The row form (see :meth:`row`) without its key: the number stage builds it once
+        per event and prefixes each source key it re-keys the event to, without building a
+        SourceEvent per key (a sixth of its time went to that)."""
+        return (ev.ts, ev.kind, ev.proto, ev.call_id, ev.caller, ev.callee, ev.code,
+                ev.duration_s, ev.trunk, ev.switch, ev.attest, caller_new, caller_trunks,
+                *origin, ev.caller_class)
 
     def row(self) -> tuple[Any, ...]:
         """The compact form inside a batch record of ``signaling.sources``: the fields in

@@ -22,7 +22,7 @@ from streams.detector import Origin
 from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_INDEX, DLQ_HEADER_OFFSET,
                             DLQ_HEADER_ORIGINAL_SIZE, DLQ_HEADER_PARTITION, DLQ_HEADER_REASON,
                             DLQ_HEADER_SHA256, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
-                            ScoreRecord, SourceEvent, encode_batch)
+                            ScoreRecord, encode_batch)
 from streams.topics import DECISIONS, SCORES, SHADOW_DECISIONS, SIGNALING_DLQ, SOURCE_EVENTS
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,13 @@ class KafkaSink:
         """What a shadow candidate would decide: its own topic, so no switch can act on it."""
         self._produce(SHADOW_DECISIONS.name, decision.number.encode(), decision.encode())
 
-    def source_event(self, event: SourceEvent) -> None:
-        """An accepted event re-keyed by its trunk or caller range, for the source stage:
-        gathered into batch records per partition (sent when full or on ``flush_sources``)."""
+    def source_row(self, row: tuple[Any, ...]) -> None:
+        """An accepted event re-keyed by its trunk or caller range, for the source stage, in
+        :class:`SourceEvent` row form (key first): gathered into batch records per partition
+        (sent when full or on ``flush_sources``)."""
         if self.sources is None:
             self.sources = PartitionBatches(partition_count(self.producer, SOURCE_EVENTS.name))
-        full = self.sources.add(event.key.encode(), event.row())
+        full = self.sources.add(row[0].encode(), row)
         if full is not None:
             self._produce_batch(SOURCE_EVENTS.name, *full)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from operator import add
 from typing import Any
 
 import orjson
@@ -299,8 +300,7 @@ class SourceState:
         total = [0.0] * (N_SLOTS * self.segments)
         for b, values in self.buckets.items():
             if b > start:
-                for i, v in enumerate(values):
-                    total[i] += v
+                total = list(map(add, total, values))  # as CallerState.window
         return total
 
     def attempts(self, buckets: int = RING_BUCKETS) -> int:
