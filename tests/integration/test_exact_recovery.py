@@ -37,6 +37,13 @@ ATTEMPTS = 30
 KILLS = ((0.3, False), (0.3, True))
 RANGE_STRIP = 4
 SETTLE_TIMEOUT_S = 240.0
+#: Event time between a caller's attempts. The whole workload spans under an hour of event
+#: time, less than the source stage's late grace (its whole window): a replay compresses
+#: event time, so a partition that waits out a takeover (seconds of wall time) can fall hours
+#: of event time behind the others, and its events would then be dropped as late by the
+#: sources, rightly (seen: 13-20% "lost" in runs whose span was 1.8 h). Counts must be exact
+#: for what is not late; late drops have their own counter and test.
+ATTEMPT_GAP_S = 60.0
 #: Commit more often than in production, so a kill lands between commits with records held.
 FAULT_ENV = {"DIALGUARD_COMMIT_INTERVAL_S": "0.5"}
 TEST_SESSION_TIMEOUT_S = TEST_ENV["DIALGUARD_WORKER_SESSION_TIMEOUT_S"]
@@ -54,7 +61,7 @@ def workload(tag: int, seed: int) -> list[SignalingEvent]:
         caller = f"86{180 + tag}{c:08d}"
         trunk = f"gw-{c % 4}"
         for i in range(ATTEMPTS):
-            ts = start + c * 0.5 + i * 200 + rnd.random()
+            ts = start + c * 0.5 + i * ATTEMPT_GAP_S + rnd.random()
             cid = f"x{tag}-{c}-{i}"
             common = {"proto": "sip", "call_id": cid, "caller": caller,
                       "callee": f"86139{rnd.randrange(10**8):08d}", "trunk": trunk,
@@ -172,18 +179,7 @@ def test_counts_after_crashes_equal_the_input(broker_settings, tmp_path):
     print(f"numbers off: {len(off_numbers)} of {len(want_numbers)}; "
           f"sources off: {len(off_sources)} of {len(want_sources)}")
     assert not off_numbers, list(off_numbers.items())[:10]
-    if off_sources:
-        known_source_loss(list(off_sources.items()))
-
-
-def known_source_loss(off: list) -> None:
-    """Watched defect (issues 11 and 12, item 10): numbers were exact after every crash, but
-    before workers stopped folding records between a revocation and the next assignment the
-    source stage lost 1-9% of a source's calls in full-suite runs (a record folded after the
-    revocation re-keyed a newer position of an origin before the new owner replayed older
-    ones, which the source then skipped). Since that fix these runs were exact; until more
-    runs confirm it, a loss is reported as XFAIL (visible in the summary), not hidden."""
-    pytest.xfail(f"source counts after a crash: {off[:3]}")
+    assert not off_sources, list(off_sources.items())[:10]
 
 
 def produce(settings, events: list[SignalingEvent]) -> None:
@@ -248,5 +244,4 @@ def test_counts_across_scale_out_and_a_crash_equal_the_input(broker_settings, tm
     print(f"numbers off: {len(off_numbers)} of {len(want_numbers)}; "
           f"sources off: {len(off_sources)} of {len(want_sources)}")
     assert not off_numbers, off_numbers[:10]
-    if off_sources:
-        known_source_loss(off_sources)
+    assert not off_sources, off_sources[:10]
