@@ -1097,7 +1097,7 @@ class CompactStore:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, ctx: Any = None) -> bytes | None:  # noqa: ARG002
         return self.data.get(key)
 
     def put(self, key: str, value: bytes, ctx: Any) -> None:  # noqa: ARG002

@@ -139,8 +139,18 @@ class TableStore:
         self.table = table
         self.sink = sink
 
-    def get(self, key: str) -> bytes | None:
-        return self.table.get(key.encode())
+    def get(self, key: str, ctx: Any = None) -> bytes | None:
+        """The stored state of ``key``. With ``ctx`` (the record its event came from, which
+        lives in the key's partition) the store reads that partition's RocksDB only; without
+        it Faust probes every partition's (32 bloom-filter checks for a number never seen,
+        i.e. every new caller) and remembers each key found in an unbounded index."""
+        if ctx is None:
+            return self.table.get(key.encode())
+        token = _current_event.set(weakref.ref(ctx))
+        try:
+            return self.table.get(key.encode())
+        finally:
+            _current_event.reset(token)
 
     def put(self, key: str, value: bytes, ctx: Any) -> None:
         raw = key.encode()

@@ -80,9 +80,10 @@ class Sink(Protocol):
 
 
 class StateStore(Protocol):
-    """Durable per-number state; ``ctx`` is whatever the store needs to route the write."""
+    """Durable per-number state; ``ctx`` is whatever the store needs to route the read or
+    write (the record the key's event came from; None: the store finds the key itself)."""
 
-    def get(self, key: str) -> bytes | None: ...
+    def get(self, key: str, ctx: Any = None) -> bytes | None: ...
     def put(self, key: str, value: bytes, ctx: Any) -> None: ...
 
 
@@ -93,7 +94,7 @@ class DictStore:
         self.data: dict[str, bytes] = {}
         self.writes = 0
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, ctx: Any = None) -> bytes | None:  # noqa: ARG002
         return self.data.get(key)
 
     def put(self, key: str, value: bytes, ctx: Any) -> None:
@@ -253,7 +254,7 @@ class Detector:
         if ev.caller_class is not None:
             self._pass_unnumbered(ev, where)
             return
-        state = self._state(ev.caller)
+        state = self._state(ev.caller, ctx)
         if where is not None:
             if state.folded is not None and state.folded.covers(*where):
                 self.tally.add(metrics.REPLAYS_SKIPPED, "number")
@@ -315,12 +316,12 @@ class Detector:
                 send((decision_key(SCOPE_PREFIX, rng), *tail))
                 self.tally.add(metrics.SOURCE_EVENTS_OUT, "range")
 
-    def _state(self, number: str) -> CallerState:
+    def _state(self, number: str, ctx: Any = None) -> CallerState:
         state = self.cache.get(number)
         if state is not None:
             self.cache.move_to_end(number)
             return state
-        raw = self.store.get(number)
+        raw = self.store.get(number, ctx)
         state = CallerState.from_bytes(raw) if raw else CallerState()
         self.cache[number] = state
         if len(self.cache) > HOT_CACHE:

@@ -121,7 +121,7 @@ class SourceDetector:
 
     def fold(self, ev: SourceEvent, ctx: Any = None) -> None:
         kind = source_kind(ev.key)
-        state = self._state(ev.key, kind)
+        state = self._state(ev.key, kind, ctx)
         if state.origins.seen(ev.origin_partition, ev.origin_offset, ev.origin_index):
             self.tally.add(metrics.REPLAYS_SKIPPED, "source")
             return
@@ -138,12 +138,12 @@ class SourceDetector:
             if decision is not None:
                 self.decisions.append(decision)
 
-    def _state(self, key: str, kind: str) -> SourceState:
+    def _state(self, key: str, kind: str, ctx: Any = None) -> SourceState:
         state = self.cache.get(key)
         if state is not None:
             self.cache.move_to_end(key)
             return state
-        raw = self.store.get(key)
+        raw = self.store.get(key, ctx)
         state = SourceState.from_bytes(raw) if raw else SourceState(
             TRUNK_SEGMENTS if kind == KIND_TRUNK else RANGE_SEGMENTS)
         self.cache[key] = state
