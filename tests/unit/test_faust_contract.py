@@ -48,3 +48,26 @@ def test_tables_expose_their_store_and_changelog_topic_name():
     for table, name in ((state_table, TABLE_NAME), (source_table, SOURCE_TABLE_NAME)):
         assert table.changelog_topic_name == f"{settings.app_id}-{name}-changelog"
         assert hasattr(type(table), "data") or "data" in vars(table)
+
+
+def test_table_reads_with_a_record_are_routed_to_its_partition():
+    """``TableStore.get(key, ctx)`` reads with the record as Faust's current event, so the
+    RocksDB store reads that partition only (without one it probes every partition)."""
+    from streams.app import TableStore
+
+    class Record:
+        pass
+
+    seen: list[object] = []
+
+    class Table:
+        def get(self, key: bytes) -> bytes | None:
+            seen.append(faust.streams.current_event())
+            return b"state" if key == b"known" else None
+
+    record = Record()
+    store = TableStore(Table(), sink=None)
+    assert store.get("known", record) == b"state"
+    assert store.get("unknown") is None
+    assert seen == [record, None]
+    assert faust.streams.current_event() is None
