@@ -216,6 +216,10 @@ class Detector:
         self.range_strip = settings.range_strip_digits
         self.cache: OrderedDict[str, CallerState] = OrderedDict()
         self.dirty: dict[str, Any] = {}
+        #: Touched states pushed out of the hot cache before the commit could write them:
+        #: written by persist(), never at eviction (streams.microbatch: a state is written
+        #: only after the outputs of its events are delivered).
+        self.aside: dict[str, CallerState] = {}
         self.trunks: dict[str, str] = {}
         self.prefix_pools: dict[str, PoolCounters] = {}
         self.trunk_pools: dict[str, PoolCounters] = {}
@@ -321,18 +325,21 @@ class Detector:
         if state is not None:
             self.cache.move_to_end(number)
             return state
-        raw = self.store.get(number, ctx)
-        state = CallerState.from_bytes(raw) if raw else CallerState()
+        state = self.aside.pop(number, None)
+        if state is None:
+            raw = self.store.get(number, ctx)
+            state = CallerState.from_bytes(raw) if raw else CallerState()
         self.cache[number] = state
         if len(self.cache) > HOT_CACHE:
             old, evicted = self.cache.popitem(last=False)
-            if old in self.dirty:  # written now, or its counts would be lost at the commit
-                self.store.put(old, evicted.to_bytes(), self.dirty.pop(old))
+            if old in self.dirty:
+                self.aside[old] = evicted
         return state
 
     def forget_cache(self) -> None:
         """After a rebalance the store is the truth again (another worker may own a number)."""
         self.cache.clear()
+        self.aside.clear()
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self) -> list[Decision]:
@@ -347,8 +354,12 @@ class Detector:
         newest event folded into it. Returns how many were written."""
         written = len(self.dirty)
         for number, ctx in self.dirty.items():
-            self.store.put(number, self.cache[number].to_bytes(), ctx)
+            state = self.cache.get(number)
+            if state is None:
+                state = self.aside[number]
+            self.store.put(number, state.to_bytes(), ctx)
         self.dirty.clear()
+        self.aside.clear()
         return written
 
     def publish(self) -> list[Decision]:

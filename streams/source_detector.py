@@ -93,6 +93,8 @@ class SourceDetector:
         self.neighbour_match = CallMatch(neighbour_tail=self.cfg.neighbour_tail)
         self.cache: OrderedDict[str, SourceState] = OrderedDict()
         self.dirty: dict[str, Any] = {}
+        #: As Detector.aside: touched sources out of the hot cache, written by persist().
+        self.aside: dict[str, SourceState] = {}
         self.limiters = {SCOPE_PREFIX: BlockLimiter(), SCOPE_TRUNK: BlockLimiter()}
         #: Shadow candidate's memory and limiter, per scope (decisions.shadow only).
         self.shadow_runs: dict[str, ShadowRun] = {}
@@ -143,14 +145,16 @@ class SourceDetector:
         if state is not None:
             self.cache.move_to_end(key)
             return state
-        raw = self.store.get(key, ctx)
-        state = SourceState.from_bytes(raw) if raw else SourceState(
-            TRUNK_SEGMENTS if kind == KIND_TRUNK else RANGE_SEGMENTS)
+        state = self.aside.pop(key, None)
+        if state is None:
+            raw = self.store.get(key, ctx)
+            state = SourceState.from_bytes(raw) if raw else SourceState(
+                TRUNK_SEGMENTS if kind == KIND_TRUNK else RANGE_SEGMENTS)
         self.cache[key] = state
         if len(self.cache) > HOT_CACHE:
             old, evicted = self.cache.popitem(last=False)
-            if old in self.dirty:  # written now, or its counts would be lost at the commit
-                self.store.put(old, evicted.to_bytes(), self.dirty.pop(old))
+            if old in self.dirty:
+                self.aside[old] = evicted
         return state
 
     def _should_score(self, state: SourceState) -> bool:
@@ -313,8 +317,12 @@ class SourceDetector:
         """Write each source touched since the last call once, with its origin positions."""
         written = len(self.dirty)
         for key, ctx in self.dirty.items():
-            self.store.put(key, self.cache[key].to_bytes(), ctx)
+            state = self.cache.get(key)
+            if state is None:
+                state = self.aside[key]
+            self.store.put(key, state.to_bytes(), ctx)
         self.dirty.clear()
+        self.aside.clear()
         return written
 
     def publish(self) -> list[Decision]:
@@ -351,6 +359,7 @@ class SourceDetector:
 
     def forget_cache(self) -> None:
         self.cache.clear()
+        self.aside.clear()
 
     # -- feedback -------------------------------------------------------------------------
     def _remember_features(self, key: str, feats: dict[str, float]) -> None:

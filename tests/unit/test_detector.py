@@ -8,6 +8,7 @@ from online_models.scorer import NuisanceScorer
 from services.settings import Settings
 from streams.control import ControlState
 from streams.detector import DictStore, Detector, MemorySink, Origin
+from streams.features import CallerState
 from streams.policy import Policy
 from streams.schema import Label
 from tests.unit.helpers import T0, call, ordered
@@ -129,6 +130,25 @@ def test_state_written_once_per_number_per_batch():
     det, _, _ = make(store=store)
     feed(det, robot_burst() + call_center())
     assert store.writes == 2
+
+
+def test_states_pushed_out_of_the_hot_cache_are_written_only_at_the_commit(monkeypatch):
+    """The commit writes a state only after the outputs of its events are delivered
+    (streams.microbatch); a touched state evicted before that is kept aside, not written, and
+    found there when its number calls again before the commit."""
+    import streams.detector
+
+    monkeypatch.setattr(streams.detector, "HOT_CACHE", 1)
+    store = DictStore()
+    det, _, _ = make(store=store)
+    for ev in robot_burst(n=3) + call_center(n=2) + robot_burst(n=2, start=T0 + 100):
+        det.ingest(ev.encode(), Origin(ORIGIN.topic, ORIGIN.partition, next(OFFSETS)),
+                   now=T0 + 10_000)
+    assert store.writes == 0
+    det.persist()
+    assert store.writes == 2 and not det.aside
+    assert CallerState.from_bytes(store.data[ROBOT]).attempts_total == 5
+    assert CallerState.from_bytes(store.data[BANK]).attempts_total == 2
 
 
 def test_labels_teach_the_classifier():
