@@ -10,6 +10,7 @@ string is taken to be E.164 already, so re-normalising a normalised number never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 E164_MAX_DIGITS = 15
@@ -41,7 +42,7 @@ class NumberPlan:
         if not isinstance(raw, str):
             raise InvalidNumber(f"number must be a string, got {type(raw).__name__}")
         if raw.isdigit() and raw.isascii() and SHORT_CODE_MAX_DIGITS < len(raw) <= \
-                E164_MAX_DIGITS and raw[0] != "0" and not self._has_dial_prefix(raw):
+                E164_MAX_DIGITS and raw[0] != "0" and not raw.startswith(self._dial_prefixes):
             return raw  # already E.164 digits: what most probes send, checked in one pass
         text = raw.strip()
         lower = text.lower()
@@ -67,9 +68,10 @@ class NumberPlan:
             return _require_e164(self.country_code + text[len(self.national_prefix):], raw)
         return _require_e164(text, raw)
 
-    def _has_dial_prefix(self, digits: str) -> bool:
-        return bool(self.international_prefix and digits.startswith(self.international_prefix)
-                    or self.national_prefix and digits.startswith(self.national_prefix))
+    @cached_property
+    def _dial_prefixes(self) -> tuple[str, ...]:
+        """The plan's international and national prefixes (for one ``startswith``)."""
+        return tuple(p for p in (self.international_prefix, self.national_prefix) if p)
 
 
 #: Caller classes of calls whose caller is not a number. The call is kept as an event (its
