@@ -351,6 +351,12 @@ def features(state: CallerState) -> dict[str, float]:
     return out
 
 
+#: Distinct callers a pool remembers; past it the least recently seen is forgotten, so
+#: ``pool_callers`` saturates here. A trunk carries every caller behind it: unbounded, a big
+#: one held millions of entries, and each score scanned them all.
+POOL_CALLERS_CAP = 100_000
+
+
 class PoolCounters:
     """Per-prefix or per-trunk aggregate: distinct active callers and their attempts per hour.
 
@@ -358,10 +364,14 @@ class PoolCounters:
     threshold; the pool as a whole does not. Kept in memory per worker (see README, "Limits").
     """
 
-    __slots__ = ("callers", "attempts", "answered", "short", "releases")
+    __slots__ = ("callers", "by_minute", "attempts", "answered", "short", "releases")
 
     def __init__(self) -> None:
+        #: caller -> newest minute seen
         self.callers: dict[str, int] = {}
+        #: minute -> callers whose newest minute it was when seen (stale once they call
+        #: again): eviction visits the callers of expired minutes only, not every caller
+        self.by_minute: dict[int, list[str]] = {}
         self.attempts: dict[int, int] = {}
         self.answered: dict[int, int] = {}
         self.short: dict[int, int] = {}
@@ -370,7 +380,15 @@ class PoolCounters:
     def add(self, ev: SignalingEvent, short_call_s: float) -> None:
         minute = int(ev.ts // MINUTE_S)
         if ev.kind == "attempt":
-            self.callers[ev.caller] = max(self.callers.get(ev.caller, 0), minute)
+            seen = self.callers.get(ev.caller)
+            if seen is None or minute > seen:
+                if seen is None and len(self.callers) >= POOL_CALLERS_CAP:
+                    self._forget_oldest()
+                self.callers[ev.caller] = minute
+                bucket = self.by_minute.get(minute)
+                if bucket is None:
+                    bucket = self.by_minute[minute] = []
+                bucket.append(ev.caller)
             self.attempts[minute] = self.attempts.get(minute, 0) + 1
         elif ev.kind == "answer":
             self.answered[minute] = self.answered.get(minute, 0) + 1
@@ -400,8 +418,25 @@ class PoolCounters:
         for d in (self.attempts, self.answered, self.short, self.releases):
             for m in [m for m in d if m <= start]:
                 del d[m]
-        for c in [c for c, m in self.callers.items() if m <= start]:
-            del self.callers[c]
+        callers = self.callers
+        for minute in [m for m in self.by_minute if m <= start]:
+            for caller in self.by_minute.pop(minute):
+                if callers.get(caller) == minute:
+                    del callers[caller]
+
+    def _forget_oldest(self) -> None:
+        """At the cap: forget one caller of the oldest minute (skipping stale entries)."""
+        while self.by_minute:
+            minute = min(self.by_minute)
+            bucket = self.by_minute[minute]
+            while bucket:
+                caller = bucket.pop()
+                if self.callers.get(caller) == minute:
+                    del self.callers[caller]
+                    if not bucket:
+                        del self.by_minute[minute]
+                    return
+            del self.by_minute[minute]
 
 
 def fold(events: Iterable[SignalingEvent], cfg: FeatureConfig,

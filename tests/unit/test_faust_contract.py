@@ -60,10 +60,13 @@ def test_table_reads_with_a_record_are_routed_to_its_partition():
 
     seen: list[object] = []
 
-    class Table:
+    class Store:
         def get(self, key: bytes) -> bytes | None:
             seen.append(faust.streams.current_event())
             return b"state" if key == b"known" else None
+
+    class Table:
+        data = Store()
 
     record = Record()
     store = TableStore(Table(), sink=None)
