@@ -140,12 +140,12 @@ class TableStore:
         self.sink = sink
 
     def get(self, key: str, ctx: Any = None) -> bytes | None:
-        """The stored state of ``key``. With ``ctx`` (the record its event came from, which
-        lives in the key's partition) the store reads that partition's RocksDB only; without
-        it Faust probes every partition's (32 bloom-filter checks for a number never seen,
-        i.e. every new caller) and remembers each key found in an unbounded index."""
-        # ``table.data`` (the store) answers in one lookup; ``table.get`` asks the store
-        # whether it holds the key, then for its value.
+        """The stored state of ``key``, read from the store of ``ctx``'s partition (the record
+        its event came from, which lives in the key's partition). Inside an agent Faust has
+        that record as its current event already; from a timer or another task it has none
+        and would probe every partition's store for the key. ``table.data`` answers in one
+        lookup, where ``table.get`` asks the store whether it holds the key and then for its
+        value (two RocksDB reads per state, measured with py-spy on live traffic)."""
         if ctx is None:
             return self.table.data.get(key.encode())
         token = _current_event.set(weakref.ref(ctx))
