@@ -48,7 +48,7 @@ from services.settings import STAGE_NUMBER, STAGE_SOURCE, Settings
 from streams import metrics
 from streams.control import ControlFeed, ControlState
 from streams.detector import Detector, Origin
-from streams.microbatch import MicroBatch
+from streams.microbatch import AckGate, MicroBatch
 from streams.sink import DELIVER_TIMEOUT_S, KafkaSink
 from streams.source_detector import SourceDetector
 from streams.topics import SIGNALING_EVENTS, SOURCE_EVENTS, TopicSpec
@@ -195,8 +195,10 @@ class Runtime:
         #: The stages this worker runs (DIALGUARD_WORKER_STAGES), in data-flow order.
         self.stages: list[Detector | SourceDetector] = [
             stage for stage in (self.detector, self.sources) if stage is not None]
+        #: Only the micro-batch acknowledges records (streams.microbatch, step 4).
+        self.gate = AckGate(app.consumer)
         self.batch = MicroBatch(self.stages, self.sink, settings.commit_interval_s,
-                                settings.commit_max_states, DELIVER_TIMEOUT_S)
+                                settings.commit_max_states, DELIVER_TIMEOUT_S, gate=self.gate)
         self.last_checkpoint = time.monotonic()
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         shadow = self.control.shadow

@@ -74,3 +74,22 @@ def test_table_reads_with_a_record_are_routed_to_its_partition():
     assert store.get("unknown") is None
     assert seen == [record, None]
     assert faust.streams.current_event() is None
+
+
+def test_every_record_acknowledgement_goes_through_the_consumer_instance():
+    """streams.microbatch.AckGate replaces ``consumer.ack`` on the instance; Faust's final
+    ack of a consumed record (``ConsumerMessage.on_final_ack``) must still call it there."""
+    from faust.types.tuples import ConsumerMessage
+
+    seen = []
+
+    class Consumer:
+        def ack(self, message):  # pragma: no cover - replaced below
+            raise AssertionError("the class method must not be used")
+
+    consumer = Consumer()
+    consumer.ack = lambda message: seen.append(message) or True
+    message = ConsumerMessage("signaling.sources", 3, 47, 0.0, 0, [], b"k", b"v", None)
+    message.refcount = 1
+    assert message.ack(consumer) is True
+    assert seen == [message]

@@ -76,3 +76,41 @@ def test_due_by_time_or_by_touched_states_and_only_with_records_held():
     assert batch.due()  # three touched states
     with pytest.raises(ValueError):
         MicroBatch([stage], log, 0.0, 3, 5.0)
+
+
+class Consumer:
+    """Stands in for Faust's consumer: every acknowledgement arrives at ``ack(message)``."""
+
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+
+    def ack(self, message: str) -> bool:
+        self.acked.append(message)
+        return True
+
+
+class GatedRecord:
+    """A held record whose acknowledgement goes through the consumer, as a Faust event's."""
+
+    def __init__(self, consumer: Consumer, name: str) -> None:
+        self.consumer, self.name = consumer, name
+
+    def ack(self) -> bool:
+        return self.consumer.ack(self.name)
+
+
+def test_only_the_commit_acknowledges_records():
+    """Faust acknowledges records it drops after a rebalance; on a partition with nothing
+    committed yet that let its commit pass records no stage had folded. With the gate only
+    the micro-batch's release reaches the consumer."""
+    from streams.microbatch import AckGate
+
+    consumer = Consumer()
+    gate = AckGate(consumer)
+    batch = MicroBatch([Stage(Log(), "numbers")], Log(), 1.0, 10, 5.0, clock=lambda: 0.0,
+                       gate=gate)
+    assert consumer.ack("dropped by faust") is False  # the instance's ack is the gate now
+    batch.hold(GatedRecord(consumer, "folded"))
+    assert batch.commit()
+    assert consumer.acked == ["folded"] and gate.ignored == 1
+    assert consumer.ack("dropped later") is False and not gate.open
