@@ -469,32 +469,21 @@ class SourceEvent:
     #: As SignalingEvent.caller_class: the call counts for its trunk, never as a caller.
     caller_class: str | None = None
 
-    @classmethod
-    def of(cls, key: str, ev: SignalingEvent, caller_new: bool, caller_trunks: int,
-           origin: tuple[int, int, int] = (-1, -1, 0)) -> "SourceEvent":
-        return cls(key, *cls.row_tail(ev, caller_new, caller_trunks, origin))
-
     def encode(self) -> bytes:
         return orjson.dumps(self)
 
     @staticmethod
     def row_tail(ev: SignalingEvent, caller_new: bool, caller_trunks: int,
                  origin: tuple[int, int, int]) -> tuple[Any, ...]:
-        """The row form (see :meth:`row`) without its key: the number stage builds it once
-        per event and prefixes each source key it re-keys the event to, without building a
-        SourceEvent per key (a sixth of its time went to that)."""
+        """The row form without its key. A row is the compact form of a source event inside a
+        batch record of ``signaling.sources``: its fields in declaration order, without their
+        names (the topic is internal; both ends are this module), so ``SourceEvent(*row)``
+        reads it back. The number stage builds the tail once per event and prefixes each
+        source key it re-keys the event to, without building a SourceEvent per key (a sixth
+        of its time went to that)."""
         return (ev.ts, ev.kind, ev.proto, ev.call_id, ev.caller, ev.callee, ev.code,
                 ev.duration_s, ev.trunk, ev.switch, ev.attest, caller_new, caller_trunks,
                 *origin, ev.caller_class)
-
-    def row(self) -> tuple[Any, ...]:
-        """The compact form inside a batch record of ``signaling.sources``: the fields in
-        declaration order, without their names (the topic is internal; both ends are this
-        module)."""
-        return (self.key, self.ts, self.kind, self.proto, self.call_id, self.caller,
-                self.callee, self.code, self.duration_s, self.trunk, self.switch, self.attest,
-                self.caller_new, self.caller_trunks, self.origin_partition, self.origin_offset,
-                self.origin_index, self.caller_class)
 
     @classmethod
     def decode(cls, raw: bytes) -> "SourceEvent":
@@ -503,7 +492,7 @@ class SourceEvent:
 
     @classmethod
     def from_value(cls, obj: Any) -> "SourceEvent":
-        """A source event from its object form or its row form (see :meth:`row`)."""
+        """A source event from its object form or its row form (see :meth:`row_tail`)."""
         try:
             if isinstance(obj, list):
                 ev = cls(*obj)
