@@ -220,8 +220,9 @@ class Detector:
         #: written by persist(), never at eviction (streams.microbatch: a state is written
         #: only after the outputs of its events are delivered).
         self.aside: dict[str, CallerState] = {}
-        self.trunks: dict[str, str] = {}
         self.prefix_pools: dict[str, PoolCounters] = {}
+        #: Keyed by trunk id (``<switch>/<trunk>``); a number's features read the pool of the
+        #: trunk its newest attempt came through (``CallerState.last_trunk``).
         self.trunk_pools: dict[str, PoolCounters] = {}
         self.last_features: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.limiter = BlockLimiter()
@@ -274,10 +275,10 @@ class Detector:
             pool = self.prefix_pools[prefix] = PoolCounters()
         pool.add(ev, self.cfg.short_call_s)
         if ev.trunk:
-            self.trunks[ev.caller] = ev.trunk
-            pool = self.trunk_pools.get(ev.trunk)
+            trunk = trunk_id(ev.switch, ev.trunk)
+            pool = self.trunk_pools.get(trunk)
             if pool is None:
-                pool = self.trunk_pools[ev.trunk] = PoolCounters()
+                pool = self.trunk_pools[trunk] = PoolCounters()
             pool.add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
         self._forward(ev, where, state.is_new(ev.ts, self.cfg), max(len(state.trunks), 1))
@@ -384,7 +385,6 @@ class Detector:
         for pools in (self.prefix_pools, self.trunk_pools):
             for key in [k for k, pool in pools.items() if pool.idle_since(start)]:
                 del pools[key]
-        self.trunks = {n: t for n, t in self.trunks.items() if t in self.trunk_pools}
 
     def _should_score(self, number: str, state: CallerState, dno: tuple[str, ...]) -> bool:
         if dno and number.startswith(dno):
@@ -398,9 +398,9 @@ class Detector:
         pool = self.prefix_pools.get(prefix_of(number, self.settings.pool_prefix_len))
         if pool is not None:
             feats.update(pool.summary(state.hwm_minute))
-        trunk = self.trunks.get(number)
-        if trunk and trunk in self.trunk_pools:
-            tsum = self.trunk_pools[trunk].summary(state.hwm_minute)
+        trunk_pool = self.trunk_pools.get(state.last_trunk)
+        if trunk_pool is not None:
+            tsum = trunk_pool.summary(state.hwm_minute)
             feats.update({f"trunk_{k[5:]}": v for k, v in tsum.items()})
         return feats
 

@@ -38,6 +38,7 @@ False
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -54,6 +55,8 @@ ATTEST_VALUES: tuple[str, ...] = ("A", "B", "C", NO_ATTEST)
 UNKNOWN = "-"
 #: Largest trunk id accepted (switch + "/" + trunk); longer ones are cut (counted by the caller).
 MAX_TRUNK_ID = 128
+#: Trunk ids kept formatted (see trunk_id): more than a network's trunks.
+TRUNK_IDS_CACHED = 16_384
 
 
 #: Parts of a trunk's calls that a narrowed trunk decision can cover, as the feature-name
@@ -68,8 +71,13 @@ class ScopeError(ValueError):
     """A scope, target or match that cannot be applied; the message says which part."""
 
 
+@functools.lru_cache(maxsize=TRUNK_IDS_CACHED)
 def trunk_id(switch: str | None, trunk: str | None) -> str:
-    """The id a trunk decision targets: ``<switch>/<trunk>``; a trunk is only unique per switch."""
+    """The id a trunk decision targets: ``<switch>/<trunk>``; a trunk is only unique per switch.
+
+    Cached: a network has a few thousand trunks and every event asks for its own, so the
+    cache saves the formatting and hands every state the same string object for a trunk
+    (states held in memory name their trunks)."""
     sw = (switch or UNKNOWN).replace("/", "_")
     return f"{sw}/{trunk or UNKNOWN}"[:MAX_TRUNK_ID]
 

@@ -174,6 +174,25 @@ def test_idle_pool_aggregates_are_swept():
     assert list(det.prefix_pools) == ["8695500"]
 
 
+def test_trunk_pools_are_per_switch_and_a_number_reads_its_newest_attempts_trunk():
+    """Trunk names are unique per switch only: tk-1 of two switches are two pools."""
+    det, _, _ = make()
+    evs = []
+    for i in range(6):
+        evs += call(f"86130000000{i:02d}", f"86139{i:08d}", T0 + i, answered=False,
+                    code=480, trunk="tk-1", switch="sw-1")
+    evs += call("8613999999999", "8613900000099", T0 + 10, answered=False, code=480,
+                trunk="tk-1", switch="sw-2")
+    feed(det, ordered(evs))
+    assert sorted(det.trunk_pools) == ["sw-1/tk-1", "sw-2/tk-1"]
+    raw = det.store.get("8613999999999")
+    feats = det.feature_vector("8613999999999", CallerState.from_bytes(raw))
+    assert feats["trunk_callers"] == 1.0
+    feats = det.feature_vector("8613000000000",
+                               CallerState.from_bytes(det.store.get("8613000000000")))
+    assert feats["trunk_callers"] == 6.0
+
+
 def test_feedback_on_enforced_numbers_counts_true_and_false_positives():
     from prometheus_client import REGISTRY
 
