@@ -36,6 +36,11 @@ RING_MINUTES = max(WINDOWS.values())
 ATTEMPTS, ANSWERED, RELEASES, SHORT, DUR_SUM, F_UNALLOC, F_BUSY, F_REJECTED, F_OTHER, SEQ, \
     GAP_N, GAP_SUM, GAP_SQ, ATTEST_A, ATTEST_C = range(15)
 N_SLOTS = 15
+#: A new bucket's slots start as int 0, not 0.0: the counts then stay ints, which CPython
+#: shares below 257 where each float is an object of its own (24 B per nonzero slot of every
+#: bucket held), and which the state's JSON writes as ``1`` rather than ``1.0``. Sums
+#: (durations, gaps) turn float on their first addition; windows sum into floats.
+BUCKET_ZERO = 0
 
 FAIL_UNALLOCATED = "unallocated"
 FAIL_BUSY_NO_ANSWER = "busy_no_answer"
@@ -136,7 +141,7 @@ class CallerState:
                 self._evict(minute)
         bucket = self.buckets.get(minute)
         if bucket is None:
-            bucket = self.buckets[minute] = [0.0] * N_SLOTS
+            bucket = self.buckets[minute] = [BUCKET_ZERO] * N_SLOTS
         kind = ev.kind
         if kind == "attempt":
             self._add_attempt(ev, minute, bucket, cfg)

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from streams.features import (FAIL_BUSY_NO_ANSWER, FAIL_OTHER, FAIL_REJECTED,
+from streams.features import (BUCKET_ZERO, FAIL_BUSY_NO_ANSWER, FAIL_OTHER, FAIL_REJECTED,
                               FAIL_UNALLOCATED, fail_class)
 from streams.position import Origins
 from streams.schema import SourceEvent
@@ -181,7 +181,7 @@ class SourceState:
             self.first_ts = ev.ts
         bucket = self.buckets.get(bucket_no)
         if bucket is None:
-            bucket = self.buckets[bucket_no] = [0.0] * (N_SLOTS * self.segments)
+            bucket = self.buckets[bucket_no] = [BUCKET_ZERO] * (N_SLOTS * self.segments)
         segs = self._segments(ev, cfg)
         kind = ev.kind
         people = ev.caller_class is None  # "anonymous" is not one caller

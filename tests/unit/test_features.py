@@ -1,7 +1,8 @@
+import orjson
 import pytest
 
-from streams.features import (CallerState, FeatureConfig, PoolCounters, fail_class, features,
-                              fold, gap_cv)
+from streams.features import (ATTEMPTS, DUR_SUM, CallerState, FeatureConfig, PoolCounters,
+                              fail_class, features, fold, gap_cv)
 from streams.schema import SignalingEvent
 from tests.unit.helpers import T0, call, ordered
 
@@ -90,6 +91,20 @@ def test_state_roundtrip_preserves_features():
     assert features(back) == features(st)
     assert (back.action, back.action_until, back.action_dry) == ("block", T0 + 999, True)
     assert back.attempts_total == 25
+
+
+def test_counts_are_stored_as_integers_and_states_with_float_counts_still_read():
+    """Bucket counts stay ints (smaller records, CPython's shared small ints); states written
+    when every slot was a float read back with the same features."""
+    st = fold(ordered(call(A, "8613900000001", T0, answered=True, duration=30.5)), CFG)
+    row = orjson.loads(st.to_bytes())
+    minute, *slots = row[1][0]
+    assert slots[ATTEMPTS] == 1 and type(slots[ATTEMPTS]) is int
+    assert slots[DUR_SUM] == 30.5
+    assert b"1.0" not in st.to_bytes()
+    row[1] = [[minute, *map(float, slots)]]  # as written before counts were ints
+    old = CallerState.from_bytes(orjson.dumps(row))
+    assert features(old) == features(st)
 
 
 def test_event_time_not_wall_time_decides_windows():
