@@ -19,6 +19,8 @@ ENV_PREFIX = "DIALGUARD_"
 #: The worker's stages (``DIALGUARD_WORKER_STAGES``), in data-flow order.
 STAGE_NUMBER, STAGE_SOURCE = "number", "source"
 WORKER_STAGES = (STAGE_NUMBER, STAGE_SOURCE)
+#: Upper bound of DIALGUARD_WORKER_FETCH_MAX_WAIT_S (Kafka's own default is 0.5 s).
+MAX_FETCH_WAIT_MS = 10_000
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -96,6 +98,13 @@ class Settings:
     #: heartbeats go out every ``worker_heartbeat_s`` (a third of it or less).
     worker_session_timeout_s: float = 10.0
     worker_heartbeat_s: float = 3.0
+    #: Longest a worker's fetch waits at the broker for records to arrive. Faust builds its
+    #: consumer with 1.5 s and no setting: aiokafka keeps one fetch per broker in flight, and
+    #: a fetch sent while the busy partitions still had records buffered names only the idle
+    #: ones, so the busy ones waited for it to time out: live records reached the agent
+    #: 1.3-2 s old at 3k events/s, which a plain consumer saw 40 ms after production. Shorter
+    #: costs one empty fetch per this interval on an idle worker.
+    worker_fetch_max_wait_s: float = 0.05
     #: Which stages a worker runs: ``number`` (per-number state, reads signaling.events),
     #: ``source`` (per-trunk and per-range state, reads signaling.sources), or both (the
     #: default). The stages share only topics, so a deployment may run them in separate
@@ -316,6 +325,15 @@ class Settings:
             raise ValueError(f"DIALGUARD_WORKER_STAGES={self.worker_stages!r}: name one or both "
                              f"of {', '.join(WORKER_STAGES)} (comma separated)")
         return chosen
+
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """``worker_fetch_max_wait_s`` validated, in the milliseconds Kafka's fetch takes."""
+        ms = round(self.worker_fetch_max_wait_s * 1000)
+        if not 1 <= ms <= MAX_FETCH_WAIT_MS:
+            raise ValueError(f"DIALGUARD_WORKER_FETCH_MAX_WAIT_S={self.worker_fetch_max_wait_s!r}"
+                             f" must be between 0.001 and {MAX_FETCH_WAIT_MS // 1000} seconds")
+        return ms
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) connection settings, security included."""

@@ -40,6 +40,7 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event  # see module docstring
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from prometheus_client import start_http_server
 
 from online_models.scorer import NuisanceScorer
@@ -108,6 +109,28 @@ app = faust.App(
 )
 
 STAGES = settings.stages
+
+
+def bound_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust build the worker's aiokafka consumer with ``max_wait_ms`` as its fetch wait
+    (``DIALGUARD_WORKER_FETCH_MAX_WAIT_S``, which says why).
+
+    Faust's driver passes ``fetch_max_wait_ms=1500`` with no setting to change it; aiokafka
+    reads the consumer's value when it starts its fetcher, so it is set on the consumer
+    Faust has just built, before it starts. Both names are private:
+    ``tests/unit/test_faust_contract.py`` fails loudly if either changes.
+    """
+    build = AIOKafkaConsumerThread._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = build(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+
+
+bound_fetch_wait(settings.fetch_max_wait_ms)
 events_topic = app.topic(SIGNALING_EVENTS.name, key_type=bytes, value_type=bytes,
                          partitions=settings.topic_partitions)
 sources_topic = app.topic(SOURCE_EVENTS.name, key_type=bytes, value_type=bytes,

@@ -93,3 +93,27 @@ def test_every_record_acknowledgement_goes_through_the_consumer_instance():
     message.refcount = 1
     assert message.ack(consumer) is True
     assert seen == [message]
+
+
+def test_the_worker_consumer_is_built_with_the_configured_fetch_wait():
+    """streams.app.bound_fetch_wait wraps Faust's private ``_create_worker_consumer`` and sets
+    aiokafka's private ``_fetch_max_wait_ms`` on the consumer it returns; aiokafka must still
+    hand that attribute to its fetcher when the consumer starts."""
+    import asyncio
+    import inspect
+
+    import aiokafka
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.app import app, settings
+
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
+        aiokafka.AIOKafkaConsumer.start)
+
+    async def build() -> aiokafka.AIOKafkaConsumer:
+        thread = app.consumer._thread
+        assert isinstance(thread, AIOKafkaConsumerThread)
+        return thread._create_worker_consumer(app.transport)
+
+    consumer = asyncio.run(build())
+    assert consumer._fetch_max_wait_ms == settings.fetch_max_wait_ms == 50
