@@ -117,3 +117,58 @@ def test_the_worker_consumer_is_built_with_the_configured_fetch_wait():
 
     consumer = asyncio.run(build())
     assert consumer._fetch_max_wait_ms == settings.fetch_max_wait_ms == 50
+
+
+def test_the_rocksdb_store_reads_and_writes_a_record_partitions_database():
+    """streams.app.TableStore reads and writes ``Store._db_for_partition(partition)``
+    itself, as Faust's RocksDB store does for its current event's partition (private)."""
+    import inspect
+
+    from faust.stores.rocksdb import Store
+
+    assert callable(Store._db_for_partition)
+    for method, call in ((Store._set, "db.put(key, value)"), (Store._get, "db.get(key)")):
+        source = inspect.getsource(method)
+        assert "partition = event.message.partition" in source
+        assert "db = self._db_for_partition(partition)" in source and call in source
+
+
+def test_table_store_uses_the_partition_database_when_the_store_has_one():
+    from streams.app import TableStore
+
+    class Record:
+        class message:
+            partition = 5
+
+    class Database:
+        def __init__(self) -> None:
+            self.data: dict[bytes, bytes] = {}
+
+        def get(self, key: bytes) -> bytes | None:
+            return self.data.get(key)
+
+        def put(self, key: bytes, value: bytes) -> None:
+            self.data[key] = value
+
+    dbs = {5: Database()}
+
+    class Store:
+        def _db_for_partition(self, partition: int) -> Database:
+            return dbs[partition]
+
+    class Table:
+        data = Store()
+        changelog_topic_name = "app-caller-state-changelog"
+
+    class Sink:
+        sent: list[tuple] = []
+
+        def state(self, *args) -> None:
+            self.sent.append(args)
+
+    store = TableStore(Table(), Sink())
+    store.put("8613800138000", b"state", Record())
+    assert dbs[5].data == {b"8613800138000": b"state"}
+    assert Sink.sent == [("app-caller-state-changelog", 5, b"8613800138000", b"state")]
+    assert store.get("8613800138000", Record()) == b"state"
+    assert store.get("8613800138001", Record()) is None
