@@ -274,14 +274,15 @@ class Detector:
         if pool is None:
             pool = self.prefix_pools[prefix] = PoolCounters()
         pool.add(ev, self.cfg.short_call_s)
+        trunk = trunk_id(ev.switch, ev.trunk)
         if ev.trunk:
-            trunk = trunk_id(ev.switch, ev.trunk)
             pool = self.trunk_pools.get(trunk)
             if pool is None:
                 pool = self.trunk_pools[trunk] = PoolCounters()
             pool.add(ev, self.cfg.short_call_s)
         self.dirty[ev.caller] = ctx
-        self._forward(ev, where, state.is_new(ev.ts, self.cfg), max(len(state.trunks), 1))
+        self._forward(ev, trunk, where, state.is_new(ev.ts, self.cfg),
+                      max(len(state.trunks), 1))
         self.pending += 1
         self.newest_minute = max(self.newest_minute, state.hwm_minute)
         self.newest_ts = max(self.newest_ts, state.hwm_ts)
@@ -299,19 +300,21 @@ class Detector:
         position, so the source stage skips it on replay."""
         self.tally.add(metrics.EVENTS_IN, ev.proto, ev.kind)
         self.tally.add(metrics.UNNUMBERED_CALLERS, ev.caller_class or "")
-        self._forward(ev, where, caller_new=False, caller_trunks=1)
+        self._forward(ev, trunk_id(ev.switch, ev.trunk), where, caller_new=False,
+                      caller_trunks=1)
         self.pending += 1
 
-    def _forward(self, ev: SignalingEvent, where: Folded | None, caller_new: bool,
+    def _forward(self, ev: SignalingEvent, trunk: str, where: Folded | None, caller_new: bool,
                  caller_trunks: int) -> None:
         """Re-key the event by where it came from, for the source stage (streams.source_*):
-        its trunk, and each configured range of its caller number (none for a caller that is
-        not a number). Source keys are the keys of the decisions they may lead to
-        (``trunk:<switch>/<trunk>``, ``prefix:<digits>``)."""
+        its trunk (``trunk``, the id the caller already computed for its own use), and each
+        configured range of its caller number (none for a caller that is not a number).
+        Source keys are the keys of the decisions they may lead to (``trunk:<switch>/<trunk>``,
+        ``prefix:<digits>``)."""
         tail = SourceEvent.row_tail(ev, caller_new, caller_trunks,
                                     NOWHERE if where is None else where)
         send = self.sink.source_row
-        send((decision_key(SCOPE_TRUNK, trunk_id(ev.switch, ev.trunk)), *tail))
+        send((decision_key(SCOPE_TRUNK, trunk), *tail))
         self.tally.add(metrics.SOURCE_EVENTS_OUT, "trunk")
         if ev.caller_class is not None:
             return
