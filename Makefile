@@ -1,10 +1,15 @@
 # dialguard: `make run` starts the whole system on the embedded default, `make test` runs every
-# test. Both install what is missing first (virtualenv, Python packages, Kafka jars).
+# test. Both install what is missing first (virtualenv, Python packages with the compiled number
+# stage, Kafka jars).
 PYTHON ?= python3.11
+# rustup puts cargo here; a non-login shell may not have it on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DG     := $(PY) -m services.cli
 STAMP  := $(VENV)/.installed
+#: The compiled number stage (streams/native): edited sources are rebuilt by the next make.
+NATIVE := streams/native/Cargo.toml streams/native/Cargo.lock $(wildcard streams/native/src/*.rs)
 JARS   := .dialguard/kafka/libs/.complete
 SIMULATE ?= 1
 PYTEST_ARGS ?=
@@ -20,11 +25,12 @@ help:
 	@echo "make bench         speed and memory figures against a broker of its own"
 	@echo "make dashboards    regenerate Grafana dashboards and Prometheus rules from code"
 	@echo "make broker-start | broker-stop | broker-status | broker-wipe | topics"
-	@echo "make install       virtualenv + pinned Python packages; make jars: Kafka from Maven Central"
+	@echo "make install       virtualenv + pinned Python packages + the compiled number stage (cargo); make jars: Kafka from Maven Central"
 	@echo "make system-packages   Debian packages the tests drive (prometheus, kamailio, sipp, tshark, chromium)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NATIVE)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	@command -v cargo >/dev/null || { echo "need Rust's cargo to build streams/native (https://rustup.rs: rustup, then cargo on PATH)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -53,7 +53,7 @@ from services.settings import REPO_ROOT, STAGE_NUMBER, STAGE_SOURCE, Settings
 from services.worker_process import WorkerProcess, scrape
 from services.simulator import MOBILE_PREFIXES, Scenario, Simulation, Subscribers
 from streams.features import CallerState, FeatureConfig
-from streams.schema import SignalingEvent
+from streams.schema import BATCH_MAX_EVENTS, SignalingEvent
 
 # --- defaults and targets ---------------------------------------------------------------------
 DEFAULT_EVENTS = 500_000
@@ -1106,13 +1106,18 @@ class CompactStore:
     def put(self, key: str, value: bytes, ctx: Any) -> None:  # noqa: ARG002
         self.data[key] = bytes(memoryview(value))  # bytes(value) would return value itself
 
+    def put_many(self, entries: list[tuple[str, bytes, Any]]) -> None:
+        for key, value, ctx in entries:
+            self.put(key, value, ctx)
+
 
 class NullSink:
     """Discards outputs: figure 5 is about the number stage's memory, not Kafka's buffers
     (re-keyed events for the source stage are discarded too)."""
 
     def decision(self, decision: Any) -> None: ...
-    def source_row(self, row: Any) -> None: ...
+    def source_layout(self) -> tuple[int, int]: return 1, BATCH_MAX_EVENTS
+    def source_batch(self, partition: int, raw: bytes) -> None: ...
     def shadow_decision(self, decision: Any) -> None: ...
     def score(self, record: Any) -> None: ...
     def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Any) -> None: ...
@@ -1172,7 +1177,7 @@ def rss_child(callers: int, seed: int = SIM_SEED) -> dict[str, Any]:
     return {"callers": callers, "events": events, "seconds": seconds,
             "events_per_s": events / seconds if seconds > 0 else None,
             "base_rss": base_rss, "peak_rss": peak_rss_bytes(),
-            "hot_cache": len(detector.cache), "store": len(store.data),
+            "hot_cache": detector.native.cached_count, "store": len(store.data),
             "store_bytes": sum(map(len, store.data.values()))}
 
 

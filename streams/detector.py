@@ -1,10 +1,24 @@
 """The worker's logic without Faust: fold events into per-number state, score, decide.
 
 Faust gives us partition ownership, the RocksDB table and its changelog; this class gives the
-behaviour, so it can be driven by a unit test with plain dicts and lists. Events are folded into
-an in-memory cache as they arrive (``ingest``); ``flush`` then scores the numbers whose counters
-moved, runs the policy, and writes each touched number's state to the store once per
-micro-batch, which is what keeps the changelog from getting one write per counter per event.
+behaviour, so it can be driven by a unit test with plain dicts and lists. Records are folded as
+they arrive (``ingest``) by the compiled fold, :class:`streams._native.NumberFold`: it decodes
+a record, checks its events, folds them into the hot cache of per-number states and the prefix
+and trunk pools, re-keys them for the source stage, and calls back here for what is not per
+event. ``publish`` then learns from labels and publishes counts; ``persist`` writes each
+touched number's state to the store once per micro-batch, which is what keeps the changelog
+from getting one write per counter per event.
+
+The fold's callbacks, and what each must not do (the fold is busy while it calls them, so none
+may call the fold back):
+
+* ``load(number, ctx)``: the stored state of a number not in memory (the store's ``get``);
+* ``resolve(raw, indices, now)``: the events the fast path did not take, judged by the Python
+  check (:meth:`_resolve`): it dead-letters what it refuses;
+* ``score(number, state, prefix_pool, trunk_pool)``: an attempt moved the number's counters
+  enough to score it (:meth:`_on_score`), with the summaries of its pools;
+* ``emit(partition, batch)``: a full batch record of re-keyed events for ``signaling.sources``
+  (the sink's ``source_batch``).
 
 Guarded rollout: when ``control.policy`` holds a shadow candidate for the worker's policy, every
 score is also run through the candidate (:class:`ShadowRun`) and what it would decide goes to
@@ -26,23 +40,23 @@ from online_models.scorer import NuisanceScorer
 from services.settings import Settings
 from streams import metrics
 from streams.control import ControlState
-from streams.features import (RING_MINUTES, CallerState, FeatureConfig, PoolCounters,
-                              features)
-from streams.numbers import prefix_of
+from streams._native import NumberFold, Snapshot
+from streams.microbatch import StateWrites
+from streams.features import (POOL_CALLERS_CAP, POOL_PREFIX, TRUNK_POOL_PREFIX, CallerState,
+                              FeatureConfig, features, pool_features)
 from streams.policy import ENFORCING, BlockLimiter, CurrentAction, Policy, decide
 from streams.position import NO_PARTITION, Folded
-from streams.schema import (Decision, EventValidator, InvalidEvent, ScoreRecord,
-                            SignalingEvent, SourceEvent, record_values)
-from streams.scope import (SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, decision_key, range_of,
-                           trunk_id)
+from streams.schema import (BATCH_MAX_EVENTS, REASON_MISSING, Decision, EventValidator,
+                            InvalidEvent, ScoreRecord, SignalingEvent, SourceEvent,
+                            record_values)
+from streams.scope import SCOPE_NUMBER, SCOPE_PREFIX, SCOPE_TRUNK, decision_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: Origin of an event that did not come from Kafka: the source stage never skips it.
-NOWHERE = Folded(NO_PARTITION, -1, 0)
 #: Feature vectors kept for labels that arrive after the fact.
 LABEL_FEATURE_CACHE = 100_000
-#: Numbers kept decoded in memory between micro-batches.
+#: Numbers kept decoded in memory between micro-batches (the least recently used leave first,
+#: a sixteenth at a time).
 HOT_CACHE = 200_000
 #: Idle pool aggregates are swept every this many flushes.
 POOL_SWEEP_EVERY = 500
@@ -55,6 +69,14 @@ SHADOW_MEMORY = 100_000
 #: Appended to the reasons of a decision the kill switch made dry-run.
 KILL_SWITCH_REASON = ("kill switch on (dry_run_all by {sw.author}: {sw.reason}): issued as "
                       "dry-run")
+#: The fold's counts (``NumberFold.take_counts``) as metrics: counter and its leading labels.
+FOLD_COUNTS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "in": (metrics.EVENTS_IN, ()),
+    "replayed": (metrics.REPLAYS_SKIPPED, ("number",)),
+    "late": (metrics.LATE_DROPPED, ()),
+    "source_out": (metrics.SOURCE_EVENTS_OUT, ()),
+    "unnumbered": (metrics.UNNUMBERED_CALLERS, ()),
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +95,9 @@ class Origin:
 
 class Sink(Protocol):
     def decision(self, decision: Decision) -> None: ...
-    def source_row(self, row: tuple[Any, ...]) -> None: ...
+    def source_layout(self) -> tuple[int, int]:
+        """(partitions of ``signaling.sources``, events per batch record) for re-keyed rows."""
+    def source_batch(self, partition: int, raw: bytes) -> None: ...
     def shadow_decision(self, decision: Decision) -> None: ...
     def score(self, record: ScoreRecord) -> None: ...
     def dead_letter(self, raw: bytes, reason: str, detail: str, origin: Origin) -> None: ...
@@ -85,6 +109,7 @@ class StateStore(Protocol):
 
     def get(self, key: str, ctx: Any = None) -> bytes | None: ...
     def put(self, key: str, value: bytes, ctx: Any) -> None: ...
+    def put_many(self, entries: list[tuple[str, bytes, Any]]) -> None: ...
 
 
 class DictStore:
@@ -103,6 +128,10 @@ class DictStore:
         self.data[key] = bytes(memoryview(value))
         self.writes += 1
 
+    def put_many(self, entries: list[tuple[str, bytes, Any]]) -> None:
+        for key, value, ctx in entries:
+            self.put(key, value, ctx)
+
 
 class MemorySink:
     """Keeps outputs in lists: replays, evaluation and tests run the detector without Kafka."""
@@ -116,12 +145,18 @@ class MemorySink:
         self.on_source = on_source
         self.source_events: list[SourceEvent] = []
 
-    def source_row(self, row: tuple[Any, ...]) -> None:
-        event = SourceEvent(*row)
-        if self.on_source is not None:
-            self.on_source(event)
-        else:
-            self.source_events.append(event)
+    def source_layout(self) -> tuple[int, int]:
+        """One row per batch: each re-keyed event reaches ``on_source`` as it is made, so an
+        in-process source stage sees the events in the order the number stage folded them."""
+        return 1, 1
+
+    def source_batch(self, partition: int, raw: bytes) -> None:  # noqa: ARG002
+        for row in orjson.loads(raw):
+            event = SourceEvent(*row)
+            if self.on_source is not None:
+                self.on_source(event)
+            else:
+                self.source_events.append(event)
 
     def decision(self, decision: Decision) -> None:
         self.decisions.append(decision)
@@ -213,25 +248,32 @@ class Detector:
                                  settings.distinct_callees_cap, settings.late_grace_s,
                                  settings.caller_new_after_s, settings.caller_trunks_cap,
                                  settings.source_conversation_s)
-        self.range_strip = settings.range_strip_digits
-        self.cache: OrderedDict[str, CallerState] = OrderedDict()
-        self.dirty: dict[str, Any] = {}
-        #: Touched states pushed out of the hot cache before the commit could write them:
-        #: written by persist(), never at eviction (streams.microbatch: a state is written
-        #: only after the outputs of its events are delivered).
-        self.aside: dict[str, CallerState] = {}
-        self.prefix_pools: dict[str, PoolCounters] = {}
-        #: Keyed by trunk id (``<switch>/<trunk>``); a number's features read the pool of the
-        #: trunk its newest attempt came through (``CallerState.last_trunk``).
-        self.trunk_pools: dict[str, PoolCounters] = {}
+        plan = self.validator.plan
+        partitions, batch_events = sink.source_layout()
+        self.native = NumberFold(
+            cfg=self.cfg, max_future_skew_s=self.validator.max_future_skew_s,
+            max_duration_s=self.validator.max_duration_s,
+            dial_prefixes=[plan.international_prefix, plan.national_prefix],
+            batch_max_events=BATCH_MAX_EVENTS, range_strip=list(settings.range_strip_digits),
+            pool_prefix_len=settings.pool_prefix_len, pool_cap=POOL_CALLERS_CAP,
+            score_every=settings.score_every_attempts,
+            score_min_attempts=settings.score_min_attempts, hot_cache=HOT_CACHE,
+            trunk_key=decision_key(SCOPE_TRUNK, ""), range_key=decision_key(SCOPE_PREFIX, ""),
+            source_partitions=partitions, source_batch_events=batch_events,
+            load=self._load, emit=sink.source_batch, score=self._on_score,
+            resolve=self._resolve)
+        #: The states of the last snapshot, readable until written (streams.microbatch).
+        self.writing: StateWrites | Snapshot = StateWrites([], store)
+        #: The do-not-originate prefixes the fold was last given (the policy may change).
+        self._dno: tuple[str, ...] = ()
+        #: Where the record being folded came from (dead-letter headers of its events).
+        self._origin = Origin("", NO_PARTITION, -1)
         self.last_features: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.limiter = BlockLimiter()
         self.shadow_run: ShadowRun | None = None
         self.pending = 0
         self.decisions: list[Decision] = []
         self.flushes = 0
-        self.newest_minute = 0
-        self.newest_ts = 0.0
         #: number -> (action, policy, until): live or past enforcement, for feedback metrics
         self.actions: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         #: partition -> last offset folded (consumer lag = highwater - this - 1)
@@ -247,103 +289,79 @@ class Detector:
         their batch counts; this never raises for them. Returns how many events were read
         (folded, or skipped as already folded before a restart)."""
         self.positions[origin.partition] = origin.offset
-        read = 0
-        for index, ev in record_items(raw, origin, lambda v: self.validator.check(v, now),
-                                      self.sink):
-            self.fold(ev, ctx, Folded(origin.partition, origin.offset, index))
-            read += 1
+        if raw is None:
+            dead_letter(self.sink, b"", InvalidEvent(REASON_MISSING, "record has no value"),
+                        origin)
+            return 0
+        self._origin = origin
+        self._sync_policy()
+        read, folded = self.native.ingest(raw, origin.partition, origin.offset, ctx,
+                                          time.time() if now is None else now)
+        self.pending += folded
         return read
 
     def fold(self, ev: SignalingEvent, ctx: Any = None, where: Folded | None = None) -> None:
         """Fold one valid event; ``where`` it was read from, when it came from Kafka."""
-        if ev.caller_class is not None:
-            self._pass_unnumbered(ev, where)
-            return
-        state = self._state(ev.caller, ctx)
-        if where is not None:
-            if state.folded is not None and state.folded.covers(*where):
-                self.tally.add(metrics.REPLAYS_SKIPPED, "number")
-                return
-            state.folded = where
-        if not state.add(ev, self.cfg):
-            self.tally.add(metrics.LATE_DROPPED)
-            return
-        self.tally.add(metrics.EVENTS_IN, ev.proto, ev.kind)
-        prefix = prefix_of(ev.caller, self.settings.pool_prefix_len)
-        pool = self.prefix_pools.get(prefix)
-        if pool is None:
-            pool = self.prefix_pools[prefix] = PoolCounters()
-        pool.add(ev, self.cfg.short_call_s)
-        trunk = trunk_id(ev.switch, ev.trunk)
-        if ev.trunk:
-            pool = self.trunk_pools.get(trunk)
-            if pool is None:
-                pool = self.trunk_pools[trunk] = PoolCounters()
-            pool.add(ev, self.cfg.short_call_s)
-        self.dirty[ev.caller] = ctx
-        self._forward(ev, trunk, where, state.is_new(ev.ts, self.cfg),
-                      max(len(state.trunks), 1))
-        self.pending += 1
-        self.newest_minute = max(self.newest_minute, state.hwm_minute)
-        self.newest_ts = max(self.newest_ts, state.hwm_ts)
-        # Score on the event that moved the counters enough, not at batch end: decisions then
-        # depend on the event sequence only, not on how a replay happens to be batched.
-        if ev.kind == "attempt" and self._should_score(ev.caller, state,
-                                                       self.control.policy.do_not_originate):
-            decision = self._score(ev.caller, state)
-            if decision is not None:
-                self.decisions.append(decision)
+        self._sync_policy()
+        self.pending += self.native.fold_event(ev, ctx, None if where is None else tuple(where))
 
-    def _pass_unnumbered(self, ev: SignalingEvent, where: Folded | None) -> None:
-        """A call whose caller is not a number (withheld, invalid): no per-number state (it
-        is nobody's number), but its trunk counts it. Its source event carries the record's
-        position, so the source stage skips it on replay."""
-        self.tally.add(metrics.EVENTS_IN, ev.proto, ev.kind)
-        self.tally.add(metrics.UNNUMBERED_CALLERS, ev.caller_class or "")
-        self._forward(ev, trunk_id(ev.switch, ev.trunk), where, caller_new=False,
-                      caller_trunks=1)
-        self.pending += 1
+    def _sync_policy(self) -> None:
+        dno = self.control.policy.do_not_originate
+        if dno is not self._dno:
+            self.native.set_do_not_originate(list(dno))
+            self._dno = dno
 
-    def _forward(self, ev: SignalingEvent, trunk: str, where: Folded | None, caller_new: bool,
-                 caller_trunks: int) -> None:
-        """Re-key the event by where it came from, for the source stage (streams.source_*):
-        its trunk (``trunk``, the id the caller already computed for its own use), and each
-        configured range of its caller number (none for a caller that is not a number).
-        Source keys are the keys of the decisions they may lead to (``trunk:<switch>/<trunk>``,
-        ``prefix:<digits>``)."""
-        tail = SourceEvent.row_tail(ev, caller_new, caller_trunks,
-                                    NOWHERE if where is None else where)
-        send = self.sink.source_row
-        send((decision_key(SCOPE_TRUNK, trunk), *tail))
-        self.tally.add(metrics.SOURCE_EVENTS_OUT, "trunk")
-        if ev.caller_class is not None:
-            return
-        for strip in self.range_strip:
-            rng = range_of(ev.caller, strip)
-            if rng:
-                send((decision_key(SCOPE_PREFIX, rng), *tail))
-                self.tally.add(metrics.SOURCE_EVENTS_OUT, "range")
+    def _resolve(self, raw: bytes, indices: list[int] | None,
+                 now: float) -> list[SignalingEvent | None] | None:
+        """The fold's ``resolve``: the Python check's verdict on the items of ``raw`` the fast
+        path did not take (all of them for ``indices`` None), in order; None when the record
+        itself is unusable. Whatever it refuses is dead-lettered here, counted, with its place
+        in the record."""
+        origin = self._origin
+        try:
+            values = record_values(raw)
+        except InvalidEvent as exc:
+            dead_letter(self.sink, raw, exc, origin)
+            return None
+        batch = len(values) > 1 or raw[:1] == b"["
+        out: list[SignalingEvent | None] = []
+        for index in range(len(values)) if indices is None else indices:
+            if index >= len(values):
+                out.append(None)
+                continue
+            value = values[index]
+            try:
+                out.append(self.validator.check(value, now))
+            except InvalidEvent as exc:
+                dead_letter(self.sink, orjson.dumps(value) if batch else raw, exc,
+                            origin.at(index))
+                out.append(None)
+        return out
 
-    def _state(self, number: str, ctx: Any = None) -> CallerState:
-        state = self.cache.get(number)
-        if state is not None:
-            self.cache.move_to_end(number)
-            return state
-        state = self.aside.pop(number, None)
-        if state is None:
-            raw = self.store.get(number, ctx)
-            state = CallerState.from_bytes(raw) if raw else CallerState()
-        self.cache[number] = state
-        if len(self.cache) > HOT_CACHE:
-            old, evicted = self.cache.popitem(last=False)
-            if old in self.dirty:
-                self.aside[old] = evicted
-        return state
+    def _load(self, number: str, ctx: Any) -> bytes | None:
+        """The fold's ``load``: a state not in memory, from the snapshot being written or
+        from the store."""
+        raw = self.writing.get(number)
+        return raw if raw is not None else self.store.get(number, ctx)
+
+    def _on_score(self, number: str, state: CallerState,
+                  prefix_pool: tuple[float, ...] | None,
+                  trunk_pool: tuple[float, ...] | None) -> None:
+        """The fold's ``score``: this attempt moved the number's counters enough."""
+        decision = self._score(number, state, (prefix_pool, trunk_pool))
+        if decision is not None:
+            self.decisions.append(decision)
+
+    def touched(self) -> int:
+        """Numbers folded into since the last :meth:`persist` (the micro-batch's size)."""
+        return self.native.dirty_count
 
     def forget_cache(self) -> None:
-        """After a rebalance the store is the truth again (another worker may own a number)."""
-        self.cache.clear()
-        self.aside.clear()
+        """After a rebalance the store is the truth again (another worker may own a number):
+        every state in memory is dropped, and with it what was touched and not written (the
+        new owner reads those events again)."""
+        self.native.forget()
+        self.writing = StateWrites([], self.store)
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self) -> list[Decision]:
@@ -353,62 +371,57 @@ class Detector:
         self.persist()
         return decisions
 
+    def snapshot(self) -> Snapshot:
+        """Each number touched since the last snapshot, serialised now with the position of
+        the newest event folded into it; written by the micro-batch once its outputs are
+        delivered (streams.microbatch), readable here until then."""
+        self.writing = self.native.snapshot(self.store.put_many)
+        return self.writing
+
     def persist(self) -> int:
-        """Write each number touched since the last call once, with the position of the
-        newest event folded into it. Returns how many were written."""
-        written = len(self.dirty)
-        for number, ctx in self.dirty.items():
-            state = self.cache.get(number)
-            if state is None:
-                state = self.aside[number]
-            self.store.put(number, state.to_bytes(), ctx)
-        self.dirty.clear()
-        self.aside.clear()
-        return written
+        """Snapshot and write at once (replays and tests). Returns how many were written."""
+        return self.snapshot().write()
 
     def publish(self) -> list[Decision]:
-        """Learn from new labels, publish counts and gauges. Returns the decisions made since
-        the last call (already handed to the sink as they were made)."""
+        """Learn from new labels, send the re-keyed events held, publish counts and gauges.
+        Returns the decisions made since the last call (already handed to the sink as they
+        were made)."""
         started = time.perf_counter()
         self._learn_labels()
         decisions, self.decisions = self.decisions, []
         self.flushes += 1
         if self.flushes % POOL_SWEEP_EVERY == 0:
-            self._sweep_pools()
+            self.native.sweep_pools()
         if self.flushes % GAUGE_EVERY == 0:
             self._update_gauges()
         self.pending = 0
+        self.native.drain_rows()
+        for what, labels, n in self.native.take_counts():
+            counter, stage = FOLD_COUNTS[what]
+            self.tally.add_n(counter, n, *stage, *labels)
         self.tally.publish()
-        metrics.TRACKED_NUMBERS.set(len(self.cache))
+        metrics.TRACKED_NUMBERS.set(self.native.cached_count)
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         return decisions
 
-    def _sweep_pools(self) -> None:
-        start = self.newest_minute - RING_MINUTES
-        for pools in (self.prefix_pools, self.trunk_pools):
-            for key in [k for k, pool in pools.items() if pool.idle_since(start)]:
-                del pools[key]
-
-    def _should_score(self, number: str, state: CallerState, dno: tuple[str, ...]) -> bool:
-        if dno and number.startswith(dno):
-            return state.action != "block" or state.action_until <= state.hwm_ts
-        if state.attempts_total - state.scored_attempts < self.settings.score_every_attempts:
-            return False
-        return state.attempts(60) >= self.settings.score_min_attempts
-
-    def feature_vector(self, number: str, state: CallerState) -> dict[str, float]:
+    def feature_vector(self, number: str, state: CallerState,
+                       pools: tuple[tuple[float, ...] | None, tuple[float, ...] | None]
+                       | None = None) -> dict[str, float]:
+        """The number's features, its prefix pool's and its newest trunk's; ``pools`` are the
+        two pool summaries when the fold has them at hand."""
         feats = features(state)
-        pool = self.prefix_pools.get(prefix_of(number, self.settings.pool_prefix_len))
-        if pool is not None:
-            feats.update(pool.summary(state.hwm_minute))
-        trunk_pool = self.trunk_pools.get(state.last_trunk)
-        if trunk_pool is not None:
-            tsum = trunk_pool.summary(state.hwm_minute)
-            feats.update({f"trunk_{k[5:]}": v for k, v in tsum.items()})
+        if pools is None:
+            minute = state.hwm_minute
+            pools = (self.native.prefix_summary(number, minute),
+                     self.native.trunk_summary(state.last_trunk, minute))
+        feats.update(pool_features(pools[0], POOL_PREFIX))
+        feats.update(pool_features(pools[1], TRUNK_POOL_PREFIX))
         return feats
 
-    def _score(self, number: str, state: CallerState) -> Decision | None:
-        feats = self.feature_vector(number, state)
+    def _score(self, number: str, state: CallerState,
+               pools: tuple[tuple[float, ...] | None, tuple[float, ...] | None] | None = None
+               ) -> Decision | None:
+        feats = self.feature_vector(number, state, pools)
         parts = self.scorer.score(feats)
         metrics.SCORED.inc()
         state.scored_attempts = state.attempts_total
@@ -499,9 +512,10 @@ class Detector:
         for label in labels:
             feats = self.last_features.get(label.number)
             if feats is None:
-                raw = self.store.get(label.number) if label.number not in self.cache else None
-                state = self.cache.get(label.number) or (
-                    CallerState.from_bytes(raw) if raw else None)
+                state = self.native.cached(label.number)
+                if state is None:
+                    raw = self._load(label.number, None)
+                    state = CallerState.from_bytes(raw) if raw else None
                 if state is None:
                     continue  # another worker owns this number and learns from it
                 feats = self.feature_vector(label.number, state)
@@ -520,7 +534,7 @@ class Detector:
         counter.labels(acted[1], SCOPE_NUMBER).inc()
 
     def _update_gauges(self) -> None:
-        now = self.newest_ts
+        now = self.native.newest_ts
         metrics.BLOCKS_ACTIVE.labels(SCOPE_NUMBER).set(sum(1 for action, _, until in self.actions.values()
                                       if action == "block" and until > now))
         alarms = self.scorer.drift_alarms - self._drift_reported

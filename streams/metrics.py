@@ -163,6 +163,10 @@ class Tally:
         key = (counter, labels)
         self.counts[key] = self.counts.get(key, 0) + 1
 
+    def add_n(self, counter: Counter, n: int, *labels: str) -> None:
+        key = (counter, labels)
+        self.counts[key] = self.counts.get(key, 0) + n
+
     def publish(self) -> None:
         for (counter, labels), n in self.counts.items():
             (counter.labels(*labels) if labels else counter).inc(n)

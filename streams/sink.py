@@ -1,5 +1,5 @@
 """Publishes the worker's outputs (decisions, shadow decisions, score records, dead letters,
-events re-keyed for the source stage) with confluent-kafka.
+batch records of events re-keyed for the source stage, table changelogs) with confluent-kafka.
 
 librdkafka batches and retries in its own threads, so producing from the event loop costs a
 dictionary copy, not a round trip; the worker calls ``poll(0)`` once per micro-batch to serve
@@ -17,12 +17,11 @@ from confluent_kafka import KafkaException, Producer
 from services.log_limit import LogLimiter
 from services.settings import Settings
 from streams import metrics
-from streams.batches import PartitionBatches
 from streams.detector import Origin
 from streams.schema import (DLQ_HEADER_DETAIL, DLQ_HEADER_INDEX, DLQ_HEADER_OFFSET,
                             DLQ_HEADER_ORIGINAL_SIZE, DLQ_HEADER_PARTITION, DLQ_HEADER_REASON,
                             DLQ_HEADER_SHA256, DLQ_HEADER_SOURCE, DLQ_HEADER_TOPIC, Decision,
-                            ScoreRecord, encode_batch)
+                            BATCH_MAX_EVENTS, ScoreRecord)
 from streams.topics import DECISIONS, SCORES, SHADOW_DECISIONS, SIGNALING_DLQ, SOURCE_EVENTS
 
 log = logging.getLogger(__name__)
@@ -91,24 +90,54 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random"}
 
 
+class Epoch:
+    """Records handed to the producer between two marks (:meth:`KafkaSink.mark`): the
+    micro-batch waits for the broker to acknowledge an epoch without stopping the producer
+    (``streams.microbatch``), which a flush would."""
+
+    __slots__ = ("sink", "pending")
+
+    def __init__(self, sink: "KafkaSink") -> None:
+        self.sink = sink
+        self.pending = 0
+
+    def delivery(self, err: Any, msg: Any) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.sink.failures += 1
+            log.error("delivery to %s failed: %s", msg.topic(), err)
+
+    def dead_letter_delivery(self, err: Any, msg: Any) -> None:
+        self.pending -= 1
+        _on_dlq_delivery(err, msg)
+
+
 class KafkaSink:
     def __init__(self, settings: Settings, source: str = "worker") -> None:
         self.producer = Producer(producer_config(settings), logger=log)
         self.source = source
         self.failures = 0
-        self.sources: PartitionBatches | None = None
+        self.epoch = Epoch(self)
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failures += 1
-            log.error("delivery to %s failed: %s", msg.topic(), err)
+    def mark(self) -> Epoch:
+        """Close the current epoch (every record produced so far) and return it."""
+        epoch, self.epoch = self.epoch, Epoch(self)
+        return epoch
+
+    def delivered(self, epoch: Epoch) -> bool:
+        """Whether the broker acknowledged every record of ``epoch`` (serves delivery reports,
+        never waits)."""
+        self.producer.poll(0)
+        return epoch.pending <= 0
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
                  headers: list[tuple[str, bytes]] | None = None, partition: int = -1) -> None:
         while True:
             try:
+                epoch = self.epoch
                 self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      partition=partition, on_delivery=self._on_delivery)
+                                      partition=partition, on_delivery=epoch.delivery)
+                epoch.pending += 1
                 return
             except BufferError:
                 self.producer.poll(0.1)  # local queue full: let librdkafka drain it
@@ -123,38 +152,24 @@ class KafkaSink:
         """What a shadow candidate would decide: its own topic, so no switch can act on it."""
         self._produce(SHADOW_DECISIONS.name, decision.number.encode(), decision.encode())
 
-    def source_row(self, row: tuple[Any, ...]) -> None:
-        """An accepted event re-keyed by its trunk or caller range, for the source stage, in
-        :class:`SourceEvent` row form (key first): gathered into batch records per partition
-        (sent when full or on ``flush_sources``)."""
-        if self.sources is None:
-            self.sources = PartitionBatches(partition_count(self.producer, SOURCE_EVENTS.name))
-        full = self.sources.add(row[0].encode(), row)
-        if full is not None:
-            self._produce_batch(SOURCE_EVENTS.name, *full)
+    def source_layout(self) -> tuple[int, int]:
+        """Re-keyed events go out in batch records of up to ``BATCH_MAX_EVENTS`` per partition
+        of ``signaling.sources``, as many partitions as the broker says it has."""
+        return partition_count(self.producer, SOURCE_EVENTS.name), BATCH_MAX_EVENTS
+
+    def source_batch(self, partition: int, raw: bytes) -> None:
+        """A batch record of events re-keyed by trunk and caller range, for the source stage
+        (the number stage grouped them by the partition their keys hash to)."""
+        self._produce(SOURCE_EVENTS.name, None, raw, partition=partition)
 
     def state(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         """A state written to a table's changelog topic (see ``streams.app.TableStore``)."""
         self._produce(topic, key, value, partition=partition)
 
-    def flush_sources(self) -> int:
-        """Send every open batch of re-keyed events. Returns how many events they held."""
-        sent = 0
-        if self.sources is not None:
-            for partition, rows in self.sources.drain():
-                self._produce_batch(SOURCE_EVENTS.name, partition, rows)
-                sent += len(rows)
-        return sent
-
     def deliver(self, timeout: float = DELIVER_TIMEOUT_S) -> bool:
         """Wait until the broker has every record produced so far (acks=all). False if some
         were still pending at ``timeout``: the caller must not treat them as durable."""
-        self.flush_sources()
         return self.producer.flush(timeout) == 0
-
-    def _produce_batch(self, topic: str, partition: int, rows: list[Any]) -> None:
-        self._produce(topic, None, encode_batch(rows), partition=partition)
-
 
     def score(self, record: ScoreRecord) -> None:
         self._produce(SCORES.name, record.number.encode(), record.encode())
@@ -176,8 +191,10 @@ class KafkaSink:
                    (DLQ_HEADER_INDEX, str(origin.index).encode())] + cut
         for attempt in range(DLQ_BUFFER_TRIES):
             try:
+                epoch = self.epoch
                 self.producer.produce(SIGNALING_DLQ.name, value=value, key=None, headers=headers,
-                                      on_delivery=_on_dlq_delivery)
+                                      on_delivery=epoch.dead_letter_delivery)
+                epoch.pending += 1
                 return
             except BufferError as exc:
                 if attempt + 1 == DLQ_BUFFER_TRIES:

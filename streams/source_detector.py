@@ -31,6 +31,7 @@ from typing import Any, Callable
 from online_models.source_scorer import SourceScorer
 from streams import metrics
 from streams.control import ControlState
+from streams.microbatch import StateWrites
 from streams.detector import (KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore,
                               record_items)
 from streams.policy import (ENFORCING, SEVERITY, UNBLOCK, BlockLimiter, CurrentAction,
@@ -95,6 +96,8 @@ class SourceDetector:
         self.dirty: dict[str, Any] = {}
         #: As Detector.aside: touched sources out of the hot cache, written by persist().
         self.aside: dict[str, SourceState] = {}
+        #: The states of the last snapshot, readable until written (streams.microbatch).
+        self.writing = StateWrites([], store)
         self.limiters = {SCOPE_PREFIX: BlockLimiter(), SCOPE_TRUNK: BlockLimiter()}
         #: Shadow candidate's memory and limiter, per scope (decisions.shadow only).
         self.shadow_runs: dict[str, ShadowRun] = {}
@@ -147,7 +150,9 @@ class SourceDetector:
             return state
         state = self.aside.pop(key, None)
         if state is None:
-            raw = self.store.get(key, ctx)
+            raw = self.writing.get(key)
+            if raw is None:
+                raw = self.store.get(key, ctx)
             state = SourceState.from_bytes(raw) if raw else SourceState(
                 TRUNK_SEGMENTS if kind == KIND_TRUNK else RANGE_SEGMENTS)
         self.cache[key] = state
@@ -313,17 +318,24 @@ class SourceDetector:
         self.persist()
         return decisions
 
-    def persist(self) -> int:
-        """Write each source touched since the last call once, with its origin positions."""
-        written = len(self.dirty)
+    def snapshot(self) -> StateWrites:
+        """Each source touched since the last snapshot, serialised now with its origin
+        positions; written by the micro-batch once its outputs are delivered
+        (streams.microbatch), readable here until then."""
+        entries = []
         for key, ctx in self.dirty.items():
             state = self.cache.get(key)
             if state is None:
                 state = self.aside[key]
-            self.store.put(key, state.to_bytes(), ctx)
+            entries.append((key, state.to_bytes(), ctx))
         self.dirty.clear()
         self.aside.clear()
-        return written
+        self.writing = StateWrites(entries, self.store)
+        return self.writing
+
+    def persist(self) -> int:
+        """Snapshot and write at once (replays and tests). Returns how many were written."""
+        return self.snapshot().write()
 
     def publish(self) -> list[Decision]:
         """Learn from new labels, publish counts and gauges; the decisions made since the
@@ -357,9 +369,17 @@ class SourceDetector:
             metrics.SOURCES_TRACKED.labels(kind).set(
                 sum(1 for k in self.cache if source_kind(k) == kind))
 
+    def touched(self) -> int:
+        """Sources folded into since the last :meth:`persist` (the micro-batch's size)."""
+        return len(self.dirty)
+
     def forget_cache(self) -> None:
+        """After a rebalance the store is the truth again: every state in memory is dropped,
+        and with it what was touched and not written (the new owner reads it again)."""
         self.cache.clear()
         self.aside.clear()
+        self.dirty.clear()
+        self.writing = StateWrites([], self.store)
 
     # -- feedback -------------------------------------------------------------------------
     def _remember_features(self, key: str, feats: dict[str, float]) -> None:

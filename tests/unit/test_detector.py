@@ -146,7 +146,7 @@ def test_states_pushed_out_of_the_hot_cache_are_written_only_at_the_commit(monke
                    now=T0 + 10_000)
     assert store.writes == 0
     det.persist()
-    assert store.writes == 2 and not det.aside
+    assert store.writes == 2 and det.native.aside_count == 0
     assert CallerState.from_bytes(store.data[ROBOT]).attempts_total == 5
     assert CallerState.from_bytes(store.data[BANK]).attempts_total == 2
 
@@ -166,12 +166,12 @@ def test_idle_pool_aggregates_are_swept():
     import streams.detector as detector_module
     det, _, _ = make()
     feed(det, robot_burst(n=10))
-    assert det.prefix_pools
+    assert det.native.prefix_pools
     later = robot_burst(number="8695500000002", n=10, start=T0 + 3 * 3600)
     feed(det, later, now=T0 + 5 * 3600)
     det.flushes = detector_module.POOL_SWEEP_EVERY - 1
     det.flush()
-    assert list(det.prefix_pools) == ["8695500"]
+    assert det.native.prefix_pools == ["8695500"]
 
 
 def test_trunk_pools_are_per_switch_and_a_number_reads_its_newest_attempts_trunk():
@@ -184,7 +184,7 @@ def test_trunk_pools_are_per_switch_and_a_number_reads_its_newest_attempts_trunk
     evs += call("8613999999999", "8613900000099", T0 + 10, answered=False, code=480,
                 trunk="tk-1", switch="sw-2")
     feed(det, ordered(evs))
-    assert sorted(det.trunk_pools) == ["sw-1/tk-1", "sw-2/tk-1"]
+    assert sorted(det.native.trunk_pools) == ["sw-1/tk-1", "sw-2/tk-1"]
     raw = det.store.get("8613999999999")
     feats = det.feature_vector("8613999999999", CallerState.from_bytes(raw))
     assert feats["trunk_callers"] == 1.0

@@ -6,6 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["streams.scope", "streams.batches", "streams.numbers", "streams.topics",
+           "streams.features",
            "streams.source_features", "online_models.source_scorer",
            "services.ingest.replay_guard"]
 

@@ -117,3 +117,60 @@ def test_the_worker_consumer_is_built_with_the_configured_fetch_wait():
 
     consumer = asyncio.run(build())
     assert consumer._fetch_max_wait_ms == settings.fetch_max_wait_ms == 50
+
+
+def test_state_writes_go_to_the_partition_database_faust_itself_writes_and_reads(tmp_path):
+    """streams.app.TableStore.put_many writes a RocksDB write batch to
+    ``Store._db_for_partition(partition)`` (private): the database Faust's own ``_set`` puts
+    to and its ``_get`` reads for an event of that partition, opened in raw mode."""
+    import inspect
+
+    from faust.stores.rocksdb import RocksDBOptions, Store
+    from rocksdict import WriteBatch
+
+    assert callable(Store._db_for_partition)
+    for method, call in ((Store._set, "db.put(key, value)"), (Store._get, "db.get(key)")):
+        source = inspect.getsource(method)
+        assert "partition = event.message.partition" in source
+        assert "db = self._db_for_partition(partition)" in source and call in source
+    db = RocksDBOptions().open(tmp_path / "p0")
+    batch = WriteBatch(raw_mode=True)
+    batch.put(b"8613800138000", b"state")
+    db.write(batch)
+    assert db.get(b"8613800138000") == b"state"
+
+
+def test_table_store_writes_a_batch_per_partition_and_a_changelog_record_per_state():
+    from streams.app import TableStore
+
+    class Record:
+        def __init__(self, partition: int) -> None:
+            self.message = type("Message", (), {"partition": partition})()
+
+    class Database:
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def write(self, batch) -> None:
+            self.batches += 1
+            self.count = len(batch)
+
+    dbs = {3: Database(), 5: Database()}
+
+    class Table:
+        data = None
+        changelog_topic_name = "app-caller-state-changelog"
+
+    class Sink:
+        sent: list[tuple] = []
+
+        def state(self, *args) -> None:
+            self.sent.append(args)
+
+    store = TableStore(Table(), Sink())
+    store.partition_db = dbs.__getitem__
+    store.put_many([("a", b"A", Record(3)), ("b", b"B", Record(5)), ("c", b"C", Record(3))])
+    assert (dbs[3].batches, dbs[3].count, dbs[5].batches, dbs[5].count) == (1, 2, 1, 1)
+    assert Sink.sent == [("app-caller-state-changelog", 3, b"a", b"A"),
+                         ("app-caller-state-changelog", 5, b"b", b"B"),
+                         ("app-caller-state-changelog", 3, b"c", b"C")]

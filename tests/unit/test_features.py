@@ -1,8 +1,8 @@
 import orjson
 import pytest
 
-from streams.features import (ATTEMPTS, DUR_SUM, CallerState, FeatureConfig, PoolCounters,
-                              fail_class, features, fold, gap_cv)
+from streams.features import (ATTEMPTS, DUR_SUM, POOL_CALLERS_CAP, CallerState, FeatureConfig,
+                              PoolCounters, fail_class, features, fold, gap_cv, pool_features)
 from streams.schema import SignalingEvent
 from tests.unit.helpers import T0, call, ordered
 
@@ -115,30 +115,27 @@ def test_event_time_not_wall_time_decides_windows():
 
 
 def test_pool_counters_see_many_small_callers():
-    pool = PoolCounters()
+    pool = PoolCounters(POOL_CALLERS_CAP)
     for n in range(100):
         for ev in call(f"86170000{n:05d}", "8613900000001", T0 + n, answered=True, duration=3):
             pool.add(ev, 10)
-    s = pool.summary(int((T0 + 200) // 60))
+    s = pool_features(pool.summary(int((T0 + 200) // 60)))
     assert s["pool_callers"] == 100 and s["pool_short_ratio"] == 1.0
 
 
-def test_pool_forgets_callers_of_expired_minutes_in_any_arrival_order(monkeypatch):
+def test_pool_forgets_callers_of_expired_minutes_in_any_arrival_order():
     """Callers arrive out of minute order (batch records of different partitions); the hour
     keeps exactly those seen in it, and past the cap the least recently seen leave first."""
-    import streams.features
-
-    pool = PoolCounters()
+    pool = PoolCounters(POOL_CALLERS_CAP)
     minutes = [5, 70, 3, 69, 71, 2]  # caller i last seen at minute minutes[i]
     for i, m in enumerate(minutes):
         for ev in call(f"86170000{i:05d}", "8613900000001", m * 60 + 1, answered=False):
             pool.add(ev, 10)
     pool.add(call("8617000000000", "8613900000001", 72 * 60 + 1, answered=False)[0], 10)
-    assert pool.summary(72)["pool_callers"] == 4  # minutes 72 (again), 70, 69, 71
+    assert pool_features(pool.summary(72))["pool_callers"] == 4  # minutes 72, 70, 69, 71
     assert set(pool.callers) == {f"86170000{i:05d}" for i in (0, 1, 3, 4)}
 
-    monkeypatch.setattr(streams.features, "POOL_CALLERS_CAP", 3)
-    capped = PoolCounters()
+    capped = PoolCounters(3)
     for i, m in enumerate([10, 12, 11, 13]):
         capped.add(call(f"86171000{i:05d}", "8613900000001", m * 60, answered=False)[0], 10)
     assert set(capped.callers) == {f"86171000{i:05d}" for i in (1, 2, 3)}  # minute 10 left

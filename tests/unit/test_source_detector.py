@@ -352,7 +352,7 @@ def test_withheld_callers_count_for_their_trunk_and_are_never_a_caller():
         evs += [SignalingEvent(ts=T0 + 10 * i, kind="attempt", **common),
                 SignalingEvent(ts=T0 + 10 * i + 2, kind="fail", code=480, **common)]
     s.feed(evs)
-    assert "anonymous" not in s.numbers.cache and not s.numbers.store.data
+    assert s.numbers.native.cached("anonymous") is None and not s.numbers.store.data
     state = s.sources.cache["trunk:sw/gw-9"]
     assert state.attempts_total == 40
     assert state.callers == {}  # "anonymous" is not one caller, nor forty

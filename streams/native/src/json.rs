@@ -1,0 +1,67 @@
+//! Writing JSON by hand: state records and source rows are written once per state per commit
+//! and once per re-keyed event, so they skip any intermediate value tree. Floats are written
+//! as orjson writes them (shortest round trip, `1.0` for integral values) so a record reads
+//! back to the same value on either side.
+
+pub fn float(out: &mut Vec<u8>, x: f64) {
+    if x.is_finite() {
+        let mut b = ryu::Buffer::new();
+        out.extend_from_slice(b.format_finite(x).as_bytes());
+    } else {
+        out.extend_from_slice(b"null"); // as orjson: JSON has no NaN or infinity
+    }
+}
+
+/// A slot value: counts stay integers on the wire (`1`, not `1.0`), sums keep a fraction.
+pub fn slot(out: &mut Vec<u8>, x: f64) {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        int(out, x as i64);
+    } else {
+        float(out, x);
+    }
+}
+
+pub fn int(out: &mut Vec<u8>, x: i64) {
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b.format(x).as_bytes());
+}
+
+pub fn boolean(out: &mut Vec<u8>, x: bool) {
+    out.extend_from_slice(if x { b"true" } else { b"false" });
+}
+
+pub fn string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{:04x}", c).as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+pub fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
