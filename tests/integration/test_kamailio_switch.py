@@ -453,9 +453,11 @@ def test_adapter_applies_range_and_trunk_decisions(broker_settings: Settings,
         assert entry(kam2, "trunk", tg)["value"] == "block:0:*:0"
         assert entry(kam2, "prefix", prefix) is not None
 
-        # A newer unblock deletes the entry.
+        # A newer unblock deletes the entry. Newer than the escalation at t0 + 10 whenever this
+        # runs: the whole test can take less than 10 s (the adapter then skipped the unblock as
+        # older, seen as a flaky failure when the machine was quick).
         produce_decisions(settings, [scoped("trunk", trunk_id(switch, tg), "unblock",
-                                            time.time())])
+                                            max(time.time(), t0 + 20))])
         assert reader.poll_until(lambda m: any(a.number == key and a.action == "unblock"
                                                and a.status == "applied"
                                                for a in acks_of(m)), ACK_TIMEOUT_S)
