@@ -166,3 +166,34 @@ def test_window_sums_keep_fractions_and_counts_stay_integers_on_the_wire():
     assert st_.window(60)[features.DUR_SUM] == 0.1 + 0.2 + 0.7
     assert math.isclose(features.features(st_)["mean_duration_1h"], 1.0 / 3)
     assert b"3.0" not in st_.to_bytes() and orjson.loads(st_.to_bytes())[5] == 3
+
+
+def test_a_snapshot_keeps_each_state_as_it_was_at_the_snapshot(monkeypatch):
+    """The number stage's snapshot serialises a state only when it writes it, so the fold
+    changing the state meanwhile must not change what is written (the commit covers only
+    the records held at its start); a state pushed out of memory is read back from it."""
+    import streams.detector
+
+    monkeypatch.setattr(streams.detector, "HOT_CACHE", 1)  # every other number leaves memory
+    store = DictStore()
+    det = Detector(SETTINGS, SCORER, ControlState(), MemorySink(), store)
+
+    def attempt(caller: str, offset: int) -> None:
+        ev = SignalingEvent(ts=T0 + offset, proto="sip", kind="attempt", call_id=f"c{offset}",
+                            caller=caller, callee="8613900139000")
+        det.ingest(ev.encode(), Origin("signaling.events", 0, offset), now=NOW)
+
+    a, b, c = "8613800000001", "8613800000002", "8613800000003"
+    attempt(a, 1)
+    attempt(b, 2)
+    snap = det.snapshot()
+    assert len(snap) == 2 and not snap.done and det.touched() == 0
+    attempt(a, 3)   # a changes after the snapshot (it is read back from the snapshot first)
+    attempt(c, 4)   # c pushes b out of memory
+    attempt(b, 5)   # b read back as the snapshot holds it
+    assert snap.write() == 2 and snap.done
+    assert CallerState.from_bytes(store.data[a]).attempts_total == 1
+    assert CallerState.from_bytes(store.data[b]).attempts_total == 1
+    assert det.touched() == 3 and det.persist() == 3
+    assert {n: CallerState.from_bytes(store.data[n]).attempts_total for n in (a, b, c)} == {
+        a: 2, b: 2, c: 1}
