@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -112,9 +113,17 @@ class Epoch:
         _on_dlq_delivery(err, msg)
 
 
+#: Decisions are what a switch waits for: they go out at once (no linger) on a producer of
+#: their own, so they never queue behind the bulk of re-keyed batches, score records and
+#: changelog records on the same broker connection.
+DECISIONS_LINGER_MS = 0
+
+
 class KafkaSink:
     def __init__(self, settings: Settings, source: str = "worker") -> None:
         self.producer = Producer(producer_config(settings), logger=log)
+        self.urgent = Producer({**producer_config(settings), "linger.ms": DECISIONS_LINGER_MS},
+                               logger=log)
         self.source = source
         self.failures = 0
         self.epoch = Epoch(self)
@@ -127,26 +136,29 @@ class KafkaSink:
     def delivered(self, epoch: Epoch) -> bool:
         """Whether the broker acknowledged every record of ``epoch`` (serves delivery reports,
         never waits)."""
-        self.producer.poll(0)
+        self.poll()
         return epoch.pending <= 0
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes]] | None = None, partition: int = -1) -> None:
+                 headers: list[tuple[str, bytes]] | None = None, partition: int = -1,
+                 producer: Producer | None = None) -> None:
+        producer = producer or self.producer
         while True:
             try:
                 epoch = self.epoch
-                self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      partition=partition, on_delivery=epoch.delivery)
+                producer.produce(topic, value=value, key=key, headers=headers,
+                                 partition=partition, on_delivery=epoch.delivery)
                 epoch.pending += 1
                 return
             except BufferError:
-                self.producer.poll(0.1)  # local queue full: let librdkafka drain it
+                producer.poll(0.1)  # local queue full: let librdkafka drain it
             except KafkaException as exc:
                 log.error("cannot produce to %s: %s", topic, exc)
                 raise
 
     def decision(self, decision: Decision) -> None:
-        self._produce(DECISIONS.name, decision.number.encode(), decision.encode())
+        self._produce(DECISIONS.name, decision.number.encode(), decision.encode(),
+                      producer=self.urgent)
 
     def shadow_decision(self, decision: Decision) -> None:
         """What a shadow candidate would decide: its own topic, so no switch can act on it."""
@@ -169,7 +181,10 @@ class KafkaSink:
     def deliver(self, timeout: float = DELIVER_TIMEOUT_S) -> bool:
         """Wait until the broker has every record produced so far (acks=all). False if some
         were still pending at ``timeout``: the caller must not treat them as durable."""
-        return self.producer.flush(timeout) == 0
+        started = time.monotonic()
+        if self.urgent.flush(timeout) != 0:
+            return False
+        return self.producer.flush(max(timeout - (time.monotonic() - started), 0.0)) == 0
 
     def score(self, record: ScoreRecord) -> None:
         self._produce(SCORES.name, record.number.encode(), record.encode())
@@ -207,8 +222,9 @@ class KafkaSink:
 
     def poll(self) -> None:
         self.producer.poll(0)
+        self.urgent.poll(0)
 
     def close(self) -> None:
-        left = self.producer.flush(FLUSH_TIMEOUT_S)
+        left = self.urgent.flush(FLUSH_TIMEOUT_S) + self.producer.flush(FLUSH_TIMEOUT_S)
         if left:
             log.error("%d records could not be delivered before shutdown", left)
