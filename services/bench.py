@@ -10,7 +10,9 @@ Five figures, each printed beside the target it is judged against (issue "make b
    calls): the time a decision reaches a consumer of ``switch.control.decisions`` minus the
    wall time at which its triggering event was produced (the event's ``ts``);
 4. bytes of state per tracked number: ``CallerState.to_bytes()`` of every number in the
-   benchmark traffic, and the same states' Python heap size under ``tracemalloc``;
+   benchmark traffic, and what the same states take in memory (the bench's own resident set
+   grows by it while they are folded: the states are native objects, which ``tracemalloc``
+   does not see);
 5. peak RSS of a ``Detector`` (dict store, null sink) fed one to three calls from each of many
    distinct callers, in a subprocess so the figure is that of a fresh process (its own
    ``VmHWM``: Linux's ``ru_maxrss`` would include the bench's peak, see ``peak_rss_bytes``).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -39,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,12 +78,10 @@ SIM_SEED = 7
 BENCH_SUBSCRIBERS = 20_000
 #: The simulated clock starts this far back, so even many events stay in the past.
 SIM_HISTORY_S = 14 * 86_400.0
-#: Events of the state-size sample are folded under tracemalloc (slow: ~25 us per event).
+#: Events of the state-size sample.
 MEMORY_SAMPLE_EVENTS = 500_000
-#: tracemalloc figures are reported per this many states (the issue's unit).
+#: Memory figures are also reported per this many states (the issue's unit).
 MEMORY_PER_STATES = 100_000
-#: Encoded states kept alive to measure what one ``orjson.dumps`` result holds on the heap.
-ORJSON_SAMPLE = 10_000
 COUNTRY = "86"
 
 # --- phase 1 / 2 -------------------------------------------------------------------------------
@@ -178,9 +178,8 @@ LABEL_CPU = "  CPUs busy in live phase (1.0 = one CPU)"
 LABEL_STATE_MEAN = "4 state bytes per number, mean"
 LABEL_STATE_PCT = "  state bytes p50 / p99 / max"
 LABEL_STATE_COUNT = "  numbers sampled"
-LABEL_STATE_HEAP = "  Python heap per number"
-LABEL_HEAP_100K = "  Python heap per 100k numbers"
-LABEL_ORJSON = "  heap held by one orjson.dumps result"
+LABEL_STATE_HEAP = "  in memory per number (resident set growth)"
+LABEL_HEAP_100K = "  in memory per 100k numbers"
 LABEL_RSS = "5 peak RSS"
 LABEL_RSS_BASE = "  RSS before the first event"
 LABEL_RSS_PER = "  peak RSS growth per caller"
@@ -191,7 +190,7 @@ FIGURE_LABELS = (LABEL_CEILING_SINGLE, LABEL_CEILING, LABEL_FAUST, LABEL_WORKER,
                  LABEL_P99,
                  LABEL_DECISIONS, LABEL_LIVE_RATE, LABEL_HISTOGRAM, LABEL_CATCHUP,
                  LABEL_CPU, LABEL_STATE_MEAN, LABEL_STATE_PCT,
-                 LABEL_STATE_COUNT, LABEL_STATE_HEAP, LABEL_HEAP_100K, LABEL_ORJSON, LABEL_RSS,
+                 LABEL_STATE_COUNT, LABEL_STATE_HEAP, LABEL_HEAP_100K, LABEL_RSS,
                  LABEL_RSS_BASE,
                  LABEL_RSS_PER, LABEL_RSS_STATES, LABEL_DETECTOR_RATE)
 RSS_CHILD_FLAG = "--rss-child"
@@ -519,7 +518,6 @@ class Results:
     live_cpu: dict[str, float] | None = None
     state: SizeStats | None = None
     heap_per_state: float | None = None
-    orjson_held: float | None = None
     worker_rss: float | None = None
     rss: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
@@ -572,7 +570,6 @@ def table_rows(r: Results) -> list[list[str]]:
     rows.append([LABEL_STATE_HEAP, fmt_bytes(r.heap_per_state), "", ""])
     rows.append([LABEL_HEAP_100K, fmt_mib(None if r.heap_per_state is None
                                            else r.heap_per_state * MEMORY_PER_STATES), "", ""])
-    rows.append([LABEL_ORJSON, fmt_bytes(r.orjson_held), "", ""])
     rows.extend(rss_rows(r.rss))
     return rows
 
@@ -718,40 +715,30 @@ def generate(count: int) -> list[SignalingEvent]:
 
 def measure_state(events: Sequence[SignalingEvent], settings: Settings,
                   results: Results) -> None:
-    """Figure 4: fold the traffic under tracemalloc, then size each state on the wire."""
+    """Figure 4: fold the traffic into fresh states, size each on the wire and in memory."""
     sample = [encode(ev) for ev in events[:MEMORY_SAMPLE_EVENTS]]
-    say(f"phase 4/5 state size: folding {len(sample):,} events under tracemalloc ...")
+    say(f"phase 4/5 state size: folding {len(sample):,} events ...")
     cfg = FeatureConfig(settings.short_call_s, settings.sequential_max_step,
                         settings.distinct_callees_cap, settings.late_grace_s)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        states = fold_states(sample, cfg)
-        heap = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    gc.collect()
+    before = resident_bytes()
+    states = fold_states(sample, cfg)
+    after = resident_bytes()
     results.state = size_stats(state_sizes(states.values()))
-    results.heap_per_state = heap / len(states) if states else None
-    results.orjson_held = orjson_heap_per_result(itertools.islice(states.values(),
-                                                                  ORJSON_SAMPLE))
+    if states and before is not None and after is not None:
+        results.heap_per_state = (after - before) / len(states)
     say(f"phase 4/5 done: {len(states):,} numbers, mean {results.state.mean:,.0f} B serialised")
 
 
-def orjson_heap_per_result(states: Iterable[CallerState]) -> float | None:
-    """Heap one ``to_bytes()`` result holds while alive (tracemalloc), whatever its length.
-
-    orjson 3.13 hands back its 4 KiB working buffer rather than an exact-size object, so
-    anything that keeps encoded states around (a dict store, a queue of changelog records)
-    pays that, not ``len(value)``.
-    """
-    tracemalloc.start()
+def resident_bytes(status: Path = PROC_STATUS) -> int | None:
+    """This process's resident set now (``VmRSS``), None where there is no /proc."""
     try:
-        before = tracemalloc.get_traced_memory()[0]
-        kept = [state.to_bytes() for state in states]
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    return held / len(kept) if kept else None
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * KIB
+    except OSError:
+        return None
+    return None
 
 
 def produce_batches(settings: Settings, events: Sequence[SignalingEvent]) -> None:
@@ -1090,12 +1077,8 @@ def measure_rss(callers: int, results: Results) -> None:
 
 
 class CompactStore:
-    """A dict store (as ``streams.detector.DictStore``) keeping exact-size copies of values.
-
-    The worker's store is RocksDB, which copies what it is given; keeping orjson's results
-    themselves would add its 4 KiB buffer per number (see ``orjson_heap_per_result``) and
-    measure orjson rather than the detector.
-    """
+    """A dict store (as ``streams.detector.DictStore``) keeping exact-size copies of values,
+    as RocksDB, the worker's store, copies what it is given."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
@@ -1264,14 +1247,15 @@ def add_notes(args: argparse.Namespace, results: Results) -> None:
         "small and any stall or CPU contention (see the CPU row) leaves a backlog that takes "
         "seconds to drain; the catch-up row says whether the worker kept up.",
         "figure 3 latency = arrival at a decisions consumer - event ts (= wall time at "
-        "produce, linger.ms 5 included); the worker histogram stops at its own decision and "
+        "produce; the ingest edge's batch linger and the producers' linger included); the "
+        "worker histogram stops at its own decision and "
         "has coarse buckets (0.05, 0.1, 0.25 s ...).",
-        "figure 4: heap is tracemalloc of the folded states with their dict entries and keys; "
+        "figure 4: in memory is the bench's resident set growth while the states are folded, "
+        "with their dict entries and keys (the states are native; tracemalloc cannot see them); "
         "serialised bytes are what the table and its changelog store per number.",
         f"figure 5: {RSS_CALLS_PER_CALLER[0]}-{RSS_CALLS_PER_CALLER[1]} calls per caller within "
         "one hour, validated and folded as the worker does; the store is an in-process dict "
-        "of exact-size copies (RocksDB in the worker; a plain DictStore would also keep "
-        "orjson's buffer per number, see the orjson row); the hot cache is capped at "
+        "of exact-size copies (RocksDB in the worker); the hot cache is capped at "
         "streams.detector.HOT_CACHE; peak RSS is the child's own VmHWM.",
     ]
     if args.callers < DEFAULT_CALLERS:

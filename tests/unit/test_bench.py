@@ -175,7 +175,7 @@ def test_render_shows_figures_targets_and_verdicts():
                 live_offered=1500.0, live_reached=1490.0,
                 hist_p50=0.03, hist_p99=0.2, state=size_stats([200, 300, 500]),
                 live_cpu={"worker": 0.93, "broker": 0.2, "bench": 0.1, "other": 0.05},
-                heap_per_state=1500.0, orjson_held=4096.0, worker_rss=300 * bench.MIB,
+                heap_per_state=1500.0, worker_rss=300 * bench.MIB,
                 rss={"callers": 1000, "events": 5000, "seconds": 1.0, "events_per_s": 5000.0,
                      "base_rss": 100 * bench.MIB, "peak_rss": 102 * bench.MIB,
                      "hot_cache": 1000, "store": 1000, "store_bytes": 270_000})
