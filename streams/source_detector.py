@@ -3,8 +3,13 @@ score, and decide on the narrowest scope that stops a campaign.
 
 Events arrive already validated and re-keyed by the per-number stage (:class:`SourceEvent` on
 ``signaling.sources``, key ``trunk:<switch>/<trunk>`` or ``prefix:<digits>``: the key of the
-decision it may lead to), so one worker owns each source. Like :class:`streams.detector.Detector`, state is folded in memory and each touched
-source is written once per micro-batch (``flush``).
+decision it may lead to), so one worker owns each source. Like :class:`streams.detector.Detector`,
+records are folded by compiled code (:class:`streams._native.SourceFold`: decode, skip what a
+source already holds, count) and each touched source is written once per micro-batch; this
+class scores, chooses the scope and decides. The fold calls back ``load(key, ctx)``,
+``resolve(raw, indices)`` (items it did not take, judged by :meth:`SourceEvent.from_value`),
+``protected(caller, ts)`` (the allowlist, on attempts) and ``score(key, kind, state)``; none
+may call the fold back.
 
 Which scope acts, narrowest first (a trunk that also carries people must never be blocked
 whole):
@@ -28,24 +33,35 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
+
 from online_models.source_scorer import SourceScorer
 from streams import metrics
 from streams.control import ControlState
-from streams.microbatch import StateWrites
+from streams._native import Snapshot, SourceFold
 from streams.detector import (KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore,
-                              record_items)
+                              dead_letter)
+from streams.microbatch import StateWrites
 from streams.policy import (ENFORCING, SEVERITY, UNBLOCK, BlockLimiter, CurrentAction,
                             Policy, SourceTarget, decide_source, source_action)
-from streams.schema import LABEL_TARGET, Decision, Label, ScoreRecord, SourceEvent
+from streams.schema import (BATCH_MAX_EVENTS, LABEL_TARGET, REASON_MISSING, REASON_VALUE,
+                            Decision, InvalidEvent, Label, ScoreRecord, SourceEvent,
+                            record_values)
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, UNKNOWN, CallMatch, split_trunk_id
-from streams.source_features import (KIND_RANGE, KIND_TRUNK, RANGE_SEGMENTS, SEG_ALL,
-                                     SEG_NEIGHBOUR, SEG_UNVERIFIED, SEGMENT_PREFIX,
-                                     TRUNK_SEGMENTS, SourceConfig, SourceState, explain,
-                                     features, segment_view, source_kind)
+from streams.source_features import (KIND_RANGE, KIND_TRUNK, SEG_ALL, SEG_NEIGHBOUR,
+                                     SEG_UNVERIFIED, SEGMENT_PREFIX, SourceConfig, SourceState,
+                                     explain, features, segment_view)
 
 log = logging.getLogger(__name__)
-#: Sources kept decoded in memory between micro-batches.
+#: Sources kept decoded in memory between micro-batches (least recently used leave first, a
+#: sixteenth at a time).
 HOT_CACHE = 50_000
+#: The fold's counts (``SourceFold.take_counts``) as metrics: counter and leading labels.
+FOLD_COUNTS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "in": (metrics.SOURCE_EVENTS_IN, ()),
+    "replayed": (metrics.REPLAYS_SKIPPED, ("source",)),
+    "late": (metrics.LATE_DROPPED, ()),
+}
 #: Idle sources are swept from the cache every this many flushes.
 SWEEP_EVERY = 200
 GAUGE_EVERY = 10
@@ -92,12 +108,15 @@ class SourceDetector:
         self.clock = wall_clock
         self.cfg = SourceConfig.of(settings)
         self.neighbour_match = CallMatch(neighbour_tail=self.cfg.neighbour_tail)
-        self.cache: OrderedDict[str, SourceState] = OrderedDict()
-        self.dirty: dict[str, Any] = {}
-        #: As Detector.aside: touched sources out of the hot cache, written by persist().
-        self.aside: dict[str, SourceState] = {}
+        self.native = SourceFold(
+            cfg=self.cfg, batch_max_events=BATCH_MAX_EVENTS,
+            score_every=settings.source_score_every,
+            score_min_attempts=settings.source_score_min_attempts, hot_cache=HOT_CACHE,
+            load=self._load, score=self._on_score, resolve=self._resolve,
+            protected=self._protected)
         #: The states of the last snapshot, readable until written (streams.microbatch).
-        self.writing = StateWrites([], store)
+        self.writing: StateWrites | Snapshot = StateWrites([], store)
+        self._origin = Origin("", -1, -1)
         self.limiters = {SCOPE_PREFIX: BlockLimiter(), SCOPE_TRUNK: BlockLimiter()}
         #: Shadow candidate's memory and limiter, per scope (decisions.shadow only).
         self.shadow_runs: dict[str, ShadowRun] = {}
@@ -118,56 +137,66 @@ class SourceDetector:
         of them in row form (what the number stage writes). Bad ones go to the DLQ one by
         one. Returns how many were read."""
         self.positions[origin.partition] = origin.offset
-        read = 0
-        for _, ev in record_items(raw, origin, SourceEvent.from_value, self.sink):
-            self.fold(ev, ctx)
-            read += 1
+        if raw is None:
+            dead_letter(self.sink, b"", InvalidEvent(REASON_MISSING, "record has no value"),
+                        origin)
+            return 0
+        self._origin = origin
+        read, folded = self.native.ingest(raw, ctx)
+        self.pending += folded
         return read
 
     def fold(self, ev: SourceEvent, ctx: Any = None) -> None:
-        kind = source_kind(ev.key)
-        state = self._state(ev.key, kind, ctx)
-        if state.origins.seen(ev.origin_partition, ev.origin_offset, ev.origin_index):
-            self.tally.add(metrics.REPLAYS_SKIPPED, "source")
-            return
-        protected = self.control.allowlist.match(ev.caller, ev.ts) is not None
-        if not state.add(ev, self.cfg, protected):
-            self.tally.add(metrics.LATE_DROPPED)
-            return
-        self.tally.add(metrics.SOURCE_EVENTS_IN, kind)
-        self.dirty[ev.key] = ctx
-        self.pending += 1
-        self.newest_ts = max(self.newest_ts, ev.ts)
-        if ev.kind == "attempt" and self._should_score(state):
-            decision = self._score(ev.key, kind, state)
-            if decision is not None:
-                self.decisions.append(decision)
+        """Fold one event (replays and ``make eval`` hand them over one by one)."""
+        self.pending += self.native.fold_event(ev, ctx)
 
-    def _state(self, key: str, kind: str, ctx: Any = None) -> SourceState:
-        state = self.cache.get(key)
-        if state is not None:
-            self.cache.move_to_end(key)
-            return state
-        state = self.aside.pop(key, None)
-        if state is None:
-            raw = self.writing.get(key)
-            if raw is None:
-                raw = self.store.get(key, ctx)
-            state = SourceState.from_bytes(raw) if raw else SourceState(
-                TRUNK_SEGMENTS if kind == KIND_TRUNK else RANGE_SEGMENTS)
-        self.cache[key] = state
-        if len(self.cache) > HOT_CACHE:
-            old, evicted = self.cache.popitem(last=False)
-            if old in self.dirty:
-                self.aside[old] = evicted
-        return state
+    def _load(self, key: str, ctx: Any) -> bytes | None:
+        """The fold's ``load``: from the snapshot being written, or from the store."""
+        raw = self.writing.get(key)
+        return raw if raw is not None else self.store.get(key, ctx)
 
-    def _should_score(self, state: SourceState) -> bool:
-        # The cheap test first: summing the window's buckets on every event cost a tenth of
-        # the stage.
-        if state.attempts_total - state.scored_attempts < self.settings.source_score_every:
-            return False
-        return state.attempts() >= self.settings.source_score_min_attempts
+    def _protected(self, caller: str, ts: float) -> bool:
+        return self.control.allowlist.match(caller, ts) is not None
+
+    def _on_score(self, key: str, kind: str, state: SourceState) -> None:
+        decision = self._score(key, kind, state)
+        if decision is not None:
+            self.decisions.append(decision)
+
+    def _resolve(self, raw: bytes, indices: list[int] | None) -> list[SourceEvent | None] | None:
+        """The fold's ``resolve``: the items of ``raw`` it did not take (all for None), as
+        :meth:`SourceEvent.from_value` reads them; what that refuses is dead-lettered here,
+        with its place in the record, and so is a field the fold compares that is not of its
+        type (before, such an event stopped the agent)."""
+        origin = self._origin
+        try:
+            values = record_values(raw)
+        except InvalidEvent as exc:
+            dead_letter(self.sink, raw, exc, origin)
+            return None
+        batch = len(values) > 1 or raw[:1] == b"["
+        out: list[SourceEvent | None] = []
+        for index in range(len(values)) if indices is None else indices:
+            if index >= len(values):
+                out.append(None)
+                continue
+            try:
+                ev = SourceEvent.from_value(values[index])
+                if not (isinstance(ev.call_id, str)
+                        and isinstance(ev.caller_trunks, (int, float))
+                        and (ev.duration_s is None or isinstance(ev.duration_s, (int, float)))
+                        and all(isinstance(p, int) for p in (ev.origin_partition,
+                                                             ev.origin_offset,
+                                                             ev.origin_index))):
+                    raise InvalidEvent(REASON_VALUE, "source event with a field of the wrong "
+                                                     "type (call_id, duration_s, "
+                                                     "caller_trunks or origin)")
+                out.append(ev)
+            except InvalidEvent as exc:
+                dead_letter(self.sink, orjson.dumps(values[index]) if batch else raw, exc,
+                            origin.at(index))
+                out.append(None)
+        return out
 
     # -- scoring --------------------------------------------------------------------------
     def _candidates(self, key: str, kind: str, feats: dict[str, float],
@@ -318,19 +347,11 @@ class SourceDetector:
         self.persist()
         return decisions
 
-    def snapshot(self) -> StateWrites:
-        """Each source touched since the last snapshot, serialised now with its origin
-        positions; written by the micro-batch once its outputs are delivered
-        (streams.microbatch), readable here until then."""
-        entries = []
-        for key, ctx in self.dirty.items():
-            state = self.cache.get(key)
-            if state is None:
-                state = self.aside[key]
-            entries.append((key, state.to_bytes(), ctx))
-        self.dirty.clear()
-        self.aside.clear()
-        self.writing = StateWrites(entries, self.store)
+    def snapshot(self) -> Snapshot:
+        """Each source touched since the last snapshot, with its origin positions; written by
+        the micro-batch once its outputs are delivered (streams.microbatch), readable here
+        until then."""
+        self.writing = self.native.snapshot(self.store.put_many)
         return self.writing
 
     def persist(self) -> int:
@@ -349,36 +370,36 @@ class SourceDetector:
         if self.flushes % GAUGE_EVERY == 0:
             self._update_gauges()
         self.pending = 0
+        for what, labels, n in self.native.take_counts():
+            counter, stage = FOLD_COUNTS[what]
+            self.tally.add_n(counter, n, *stage, *labels)
+        self.newest_ts = self.native.newest_ts
         self.tally.publish()
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         return decisions
 
     def _sweep(self) -> None:
         """Idle sources leave the hot cache (their state stays in the store)."""
-        for key in [k for k, st in self.cache.items()
-                    if st.is_idle(self.newest_ts) and k not in self.dirty]:
-            del self.cache[key]
+        self.native.sweep_idle(self.native.newest_ts)
 
     def _update_gauges(self) -> None:
-        now = self.newest_ts
+        now = self.native.newest_ts
         for scope in (SCOPE_PREFIX, SCOPE_TRUNK):
             live = [a for a in self.actions.values() if a[3] == scope and a[2] > now]
             metrics.BLOCKS_ACTIVE.labels(scope).set(sum(1 for a in live if a[0] == "block"))
             metrics.CAMPAIGNS_ACTIVE.labels(scope).set(len(live))
-        for kind in (KIND_TRUNK, KIND_RANGE):
-            metrics.SOURCES_TRACKED.labels(kind).set(
-                sum(1 for k in self.cache if source_kind(k) == kind))
+        trunks, ranges = self.native.cached_kinds()
+        metrics.SOURCES_TRACKED.labels(KIND_TRUNK).set(trunks)
+        metrics.SOURCES_TRACKED.labels(KIND_RANGE).set(ranges)
 
     def touched(self) -> int:
-        """Sources folded into since the last :meth:`persist` (the micro-batch's size)."""
-        return len(self.dirty)
+        """Sources folded into since the last snapshot (the micro-batch's size)."""
+        return self.native.dirty_count
 
     def forget_cache(self) -> None:
         """After a rebalance the store is the truth again: every state in memory is dropped,
         and with it what was touched and not written (the new owner reads it again)."""
-        self.cache.clear()
-        self.aside.clear()
-        self.dirty.clear()
+        self.native.forget()
         self.writing = StateWrites([], self.store)
 
     # -- feedback -------------------------------------------------------------------------

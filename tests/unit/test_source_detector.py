@@ -277,7 +277,7 @@ def test_events_reaching_the_source_stage_out_of_order_still_count():
     s = Stages()
     s.feed(shuffled)
     assert s.enforcing(SCOPE_TRUNK)
-    assert s.sources.cache["trunk:sw-9/gw-7"].attempts() == len(
+    assert s.sources.native.cached("trunk:sw-9/gw-7").attempts() == len(
         [e for e in shuffled if e.kind == "attempt"])
 
 
@@ -353,7 +353,7 @@ def test_withheld_callers_count_for_their_trunk_and_are_never_a_caller():
                 SignalingEvent(ts=T0 + 10 * i + 2, kind="fail", code=480, **common)]
     s.feed(evs)
     assert s.numbers.native.cached("anonymous") is None and not s.numbers.store.data
-    state = s.sources.cache["trunk:sw/gw-9"]
+    state = s.sources.native.cached("trunk:sw/gw-9")
     assert state.attempts_total == 40
     assert state.callers == {}  # "anonymous" is not one caller, nor forty
-    assert not [k for k in s.sources.cache if k.startswith("prefix:")]
+    assert s.sources.native.cached_kinds() == (1, 0)  # the trunk, no range

@@ -16,6 +16,9 @@ mod murmur;
 mod pool;
 mod pyfloat;
 mod rows;
+mod snapshot;
+mod source_fold;
+mod source_state;
 mod state;
 
 /// Give the fail classes their codes (`streams.schema` defines them; `streams.features`
@@ -39,9 +42,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<state::CallerState>()?;
     m.add_class::<pool::PyPool>()?;
     m.add_class::<fold::NumberFold>()?;
-    m.add_class::<fold::Snapshot>()?;
+    m.add_class::<snapshot::Snapshot>()?;
+    m.add_class::<source_state::SourceState>()?;
+    m.add_class::<source_fold::SourceFold>()?;
     m.add_function(wrap_pyfunction!(set_fail_codes, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     m.add("SLOT_NAMES", state::SLOT_NAMES.to_vec())?;
+    m.add("SOURCE_SLOT_NAMES", source_state::SOURCE_SLOT_NAMES.to_vec())?;
     Ok(())
 }

@@ -36,9 +36,6 @@ const RELEASES: usize = 2;
 const SHORT: usize = 3;
 const DUR_SUM: usize = 4;
 const F_UNALLOC: usize = 5;
-const F_BUSY: usize = 6;
-const F_REJECTED: usize = 7;
-const F_OTHER: usize = 8;
 const SEQ: usize = 9;
 const GAP_N: usize = 10;
 const GAP_SUM: usize = 11;
@@ -62,21 +59,22 @@ pub fn set_fail_codes(codes: FailCodes) {
     *FAIL_CODES.write().unwrap() = Some(codes);
 }
 
-/// The bucket slot a failed call counts in (`streams.features.fail_class`).
-fn fail_slot(proto: Proto, code: Option<i64>) -> usize {
-    let Some(code) = code else { return F_OTHER };
+/// The fail class of a failed call (`streams.features.fail_class`): 0 unallocated, 1 busy or
+/// no answer, 2 rejected, 3 other; both stages keep their four fail slots in this order.
+pub fn fail_slot_of(proto: Proto, code: Option<i64>) -> usize {
+    let Some(code) = code else { return 3 };
     let guard = FAIL_CODES.read().unwrap();
-    let Some(codes) = guard.as_ref() else { return F_OTHER };
+    let Some(codes) = guard.as_ref() else { return 3 };
     let sets = match proto {
         Proto::Sip => &codes.sip,
         Proto::Isup => &codes.isup,
     };
-    for (slot, set) in [F_UNALLOC, F_BUSY, F_REJECTED].into_iter().zip(sets.iter()) {
-        if set.contains(&code) {
-            return slot;
-        }
-    }
-    F_OTHER
+    sets.iter().position(|set| set.contains(&code)).unwrap_or(3)
+}
+
+/// The bucket slot a failed call counts in.
+fn fail_slot(proto: Proto, code: Option<i64>) -> usize {
+    F_UNALLOC + fail_slot_of(proto, code)
 }
 
 /// `streams.features.FeatureConfig`, read once.
