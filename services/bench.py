@@ -199,6 +199,17 @@ STAGES_APART, STAGES_TOGETHER = "apart", "together"
 STAGE_LAYOUTS = (STAGES_APART, STAGES_TOGETHER)
 
 
+def live_share(text: str) -> float:
+    """``--live-share``: a share of the replay rate, in (0, 1]."""
+    try:
+        share = float(text)
+    except ValueError:
+        share = math.nan
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share in (0, 1]")
+    return share
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS,
                         help=f"events pre-filled for figures 1, 2 and 4 (default "
@@ -208,6 +219,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_CALLERS:,}; ~2 min per million on 2 cores)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_LATENCY_S,
                         help=f"length of the live latency phase (default {DEFAULT_LATENCY_S:g})")
+    parser.add_argument("--live-share", type=live_share, default=LIVE_RATE_SHARE,
+                        help=f"live rate of figure 3 as a share of figure 2's rate (default "
+                             f"{LIVE_RATE_SHARE:g}, what the target is judged at; lower it to "
+                             "see the latency of a machine that is not saturated)")
     parser.add_argument("--skip-worker", action="store_true",
                         help="skip figures 2 and 3 (no worker process)")
     parser.add_argument("--stages", choices=STAGE_LAYOUTS, default=STAGES_APART,
@@ -1207,7 +1222,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 measure_plain_faust(bs, home, results.events, results)
                 processed = measure_worker(worker, sources, results.events, results)
-                rate = LIVE_RATE_SHARE * (results.worker or 0.0)
+                rate = args.live_share * (results.worker or 0.0)
                 for n in range(1, LATENCY_RUNS + 1):
                     say(f"latency run {n} of {LATENCY_RUNS}")
                     processed = measure_latency(bs, worker, rate, args.seconds, processed,
@@ -1261,6 +1276,9 @@ def add_notes(args: argparse.Namespace, results: Results) -> None:
     if args.callers < DEFAULT_CALLERS:
         results.notes.append(f"figure 5 ran with --callers {args.callers:,}, not the default "
                              f"{DEFAULT_CALLERS:,}.")
+    if args.live_share != LIVE_RATE_SHARE:
+        results.notes.append(f"figure 3 ran at --live-share {args.live_share:g} of figure 2's "
+                             f"rate; the target is judged at {LIVE_RATE_SHARE:g}.")
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,6 @@
 """The bench's pure helpers: statistics, metrics parsing, traffic and the report. No timings."""
 
+import argparse
 import math
 import random
 import time
@@ -253,3 +254,10 @@ def test_encode_matches_the_schema_encoding():
     ev = SignalingEvent(ts=T0, proto="sip", kind="attempt", call_id="c", caller="8613800000001",
                         callee="8613900000001", attest="A")
     assert orjson.loads(bench.encode(ev)) == orjson.loads(ev.encode())
+
+
+def test_live_share_is_a_share_of_the_replay_rate():
+    assert bench.live_share("0.25") == 0.25 and bench.live_share("1") == 1.0
+    for bad in ("0", "1.5", "-0.1", "half"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.live_share(bad)
