@@ -32,7 +32,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 import orjson
 
@@ -171,27 +171,32 @@ class MemorySink:
         self.dead.append((raw, reason, detail, origin))
 
 
-def record_items(raw: bytes | None, origin: Origin, decode: Callable[[Any], T],
-                 sink: Sink) -> Iterator[tuple[int, T]]:
-    """Each decodable item of one record (one object, or a batch record's items) with its
-    place in the record; what cannot be decoded goes to the DLQ, counted, and is skipped:
-    the whole record when it is unusable, else the one bad item (as its own JSON), so the
-    rest of its batch still counts. Both stages read their records through this."""
+def resolve_items(raw: bytes, indices: list[int] | None, origin: Origin,
+                  decode: Callable[[Any], T], sink: Sink) -> list[T | None] | None:
+    """What a compiled fold could not judge itself: the items of record ``raw`` at
+    ``indices`` (every item for None), decoded by the Python reference ``decode``, in
+    order; None when the record as a whole is unusable. Whatever ``decode`` refuses goes to
+    the DLQ, counted, with its place in the record (as its own JSON for a batch record, the
+    record itself otherwise), so the rest of its batch still counts. Both stages' folds call
+    back into this."""
     try:
-        if raw is None:
-            raise InvalidEvent("missing_field", "record has no value")
         values = record_values(raw)
     except InvalidEvent as exc:
-        dead_letter(sink, raw or b"", exc, origin)
-        return
+        dead_letter(sink, raw, exc, origin)
+        return None
     batch = len(values) > 1 or raw[:1] == b"["
-    for index, value in enumerate(values):
+    out: list[T | None] = []
+    for index in range(len(values)) if indices is None else indices:
+        if index >= len(values):
+            out.append(None)
+            continue
+        value = values[index]
         try:
-            item = decode(value)
+            out.append(decode(value))
         except InvalidEvent as exc:
             dead_letter(sink, orjson.dumps(value) if batch else raw, exc, origin.at(index))
-            continue
-        yield index, item
+            out.append(None)
+    return out
 
 
 def dead_letter(sink: Sink, raw: bytes, exc: InvalidEvent, origin: Origin) -> None:
@@ -313,30 +318,10 @@ class Detector:
 
     def _resolve(self, raw: bytes, indices: list[int] | None,
                  now: float) -> list[SignalingEvent | None] | None:
-        """The fold's ``resolve``: the Python check's verdict on the items of ``raw`` the fast
-        path did not take (all of them for ``indices`` None), in order; None when the record
-        itself is unusable. Whatever it refuses is dead-lettered here, counted, with its place
-        in the record."""
-        origin = self._origin
-        try:
-            values = record_values(raw)
-        except InvalidEvent as exc:
-            dead_letter(self.sink, raw, exc, origin)
-            return None
-        batch = len(values) > 1 or raw[:1] == b"["
-        out: list[SignalingEvent | None] = []
-        for index in range(len(values)) if indices is None else indices:
-            if index >= len(values):
-                out.append(None)
-                continue
-            value = values[index]
-            try:
-                out.append(self.validator.check(value, now))
-            except InvalidEvent as exc:
-                dead_letter(self.sink, orjson.dumps(value) if batch else raw, exc,
-                            origin.at(index))
-                out.append(None)
-        return out
+        """The fold's ``resolve``: the Python check's verdict on the items the fast path did
+        not take (see :func:`resolve_items`)."""
+        return resolve_items(raw, indices, self._origin,
+                             lambda value: self.validator.check(value, now), self.sink)
 
     def _load(self, number: str, ctx: Any) -> bytes | None:
         """The fold's ``load``: a state not in memory, from the snapshot being written or

@@ -33,20 +33,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import orjson
-
 from online_models.source_scorer import SourceScorer
 from streams import metrics
 from streams.control import ControlState
 from streams._native import Snapshot, SourceFold
 from streams.detector import (KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore,
-                              dead_letter)
+                              dead_letter, resolve_items)
 from streams.microbatch import StateWrites
 from streams.policy import (ENFORCING, SEVERITY, UNBLOCK, BlockLimiter, CurrentAction,
                             Policy, SourceTarget, decide_source, source_action)
 from streams.schema import (BATCH_MAX_EVENTS, LABEL_TARGET, REASON_MISSING, REASON_VALUE,
-                            Decision, InvalidEvent, Label, ScoreRecord, SourceEvent,
-                            record_values)
+                            Decision, InvalidEvent, Label, ScoreRecord, SourceEvent)
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, UNKNOWN, CallMatch, split_trunk_id
 from streams.source_features import (KIND_RANGE, KIND_TRUNK, SEG_ALL, SEG_NEIGHBOUR,
                                      SEG_UNVERIFIED, SEGMENT_PREFIX, SourceConfig, SourceState,
@@ -74,6 +71,20 @@ ACTION_MEMORY = 20_000
 NARROW_HOLDS_SHARE = 0.9
 #: What a STIR/SHAKEN-unverified trunk segment matches: anything not fully attested.
 UNVERIFIED_MATCH = CallMatch(attest=("B", "C", "none"))
+
+
+def source_event(value: Any) -> SourceEvent:
+    """A source event as :meth:`SourceEvent.from_value` reads it, refused also when a field
+    the fold compares is not of its type (before the compiled fold, such an event stopped
+    the agent)."""
+    ev = SourceEvent.from_value(value)
+    if not (isinstance(ev.call_id, str) and isinstance(ev.caller_trunks, (int, float))
+            and (ev.duration_s is None or isinstance(ev.duration_s, (int, float)))
+            and all(isinstance(p, int) for p in (ev.origin_partition, ev.origin_offset,
+                                                 ev.origin_index))):
+        raise InvalidEvent(REASON_VALUE, "source event with a field of the wrong type "
+                                         "(call_id, duration_s, caller_trunks or origin)")
+    return ev
 
 
 @dataclass(frozen=True)
@@ -164,39 +175,9 @@ class SourceDetector:
             self.decisions.append(decision)
 
     def _resolve(self, raw: bytes, indices: list[int] | None) -> list[SourceEvent | None] | None:
-        """The fold's ``resolve``: the items of ``raw`` it did not take (all for None), as
-        :meth:`SourceEvent.from_value` reads them; what that refuses is dead-lettered here,
-        with its place in the record, and so is a field the fold compares that is not of its
-        type (before, such an event stopped the agent)."""
-        origin = self._origin
-        try:
-            values = record_values(raw)
-        except InvalidEvent as exc:
-            dead_letter(self.sink, raw, exc, origin)
-            return None
-        batch = len(values) > 1 or raw[:1] == b"["
-        out: list[SourceEvent | None] = []
-        for index in range(len(values)) if indices is None else indices:
-            if index >= len(values):
-                out.append(None)
-                continue
-            try:
-                ev = SourceEvent.from_value(values[index])
-                if not (isinstance(ev.call_id, str)
-                        and isinstance(ev.caller_trunks, (int, float))
-                        and (ev.duration_s is None or isinstance(ev.duration_s, (int, float)))
-                        and all(isinstance(p, int) for p in (ev.origin_partition,
-                                                             ev.origin_offset,
-                                                             ev.origin_index))):
-                    raise InvalidEvent(REASON_VALUE, "source event with a field of the wrong "
-                                                     "type (call_id, duration_s, "
-                                                     "caller_trunks or origin)")
-                out.append(ev)
-            except InvalidEvent as exc:
-                dead_letter(self.sink, orjson.dumps(values[index]) if batch else raw, exc,
-                            origin.at(index))
-                out.append(None)
-        return out
+        """The fold's ``resolve``: the items it did not take, as :func:`source_event` reads
+        them (see :func:`streams.detector.resolve_items`)."""
+        return resolve_items(raw, indices, self._origin, source_event, self.sink)
 
     # -- scoring --------------------------------------------------------------------------
     def _candidates(self, key: str, kind: str, feats: dict[str, float],

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ahash::RandomState;
-use indexmap::IndexMap;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -23,7 +22,8 @@ use serde_json::value::RawValue;
 use crate::event::{Checks, Event, Kind, Wire};
 use crate::pool::{caller_key, Pool, Summary};
 use crate::rows::{RowBatches, Where};
-use crate::snapshot::{Held, Snapshot};
+use crate::hot::HotCache;
+use crate::snapshot::Snapshot;
 use crate::state::{event_from_py, trunk_id_into, CallerState, FoldCfg, RING_MINUTES};
 
 type Map<K, V> = HashMap<K, V, RandomState>;
@@ -33,11 +33,6 @@ const NOWHERE: Where = (-1, -1, 0);
 /// Trunk ids kept as one shared string each (`streams.scope.TRUNK_IDS_CACHED`); past it a
 /// trunk's id is made anew per event.
 const TRUNK_IDS_CACHED: usize = 16_384;
-
-struct Hot {
-    state: Py<CallerState>,
-    used: u64,
-}
 
 /// Per-event facts counted here and published by the detector once per micro-batch.
 #[derive(Default)]
@@ -65,18 +60,10 @@ pub struct NumberFold {
     pool_cap: usize,
     score_every: i64,
     score_min_attempts: i64,
-    hot_cache: usize,
     trunk_key: String,
     range_key: String,
     dno: Vec<String>,
-    cache: Map<String, Hot>,
-    clock: u64,
-    /// number -> the record its newest event came from (routes the state's write)
-    dirty: IndexMap<String, Py<PyAny>, RandomState>,
-    /// touched states pushed out of the hot cache before a commit could write them
-    aside: Map<String, Py<CallerState>>,
-    /// the snapshot of the commit in flight, while some of its states are not encoded yet
-    frozen: Option<Py<Snapshot>>,
+    hot: HotCache<CallerState>,
     prefix_pools: Map<String, Pool>,
     trunk_pools: Map<Arc<str>, Pool>,
     trunk_ids: Map<String, Arc<str>>,
@@ -139,15 +126,10 @@ impl NumberFold {
             pool_cap,
             score_every,
             score_min_attempts,
-            hot_cache,
             trunk_key,
             range_key,
             dno: Vec::new(),
-            cache: Map::default(),
-            clock: 0,
-            dirty: IndexMap::default(),
-            aside: Map::default(),
-            frozen: None,
+            hot: HotCache::new(hot_cache),
             prefix_pools: Map::default(),
             trunk_pools: Map::default(),
             trunk_ids: Map::default(),
@@ -243,33 +225,18 @@ impl NumberFold {
     /// 25-50 ms for it): a state is serialised when the snapshot writes it, or before the fold
     /// changes it again, or when it is read back after leaving the hot cache.
     fn snapshot(&mut self, py: Python<'_>, put_many: Py<PyAny>) -> PyResult<Py<Snapshot>> {
-        let mut unencoded = IndexMap::with_capacity_and_hasher(self.dirty.len(),
-                                                               RandomState::default());
-        for (number, ctx) in self.dirty.drain(..) {
-            let state = match self.cache.get(&number) {
-                Some(hot) => hot.state.clone_ref(py),
-                None => match self.aside.get(&number) {
-                    Some(st) => st.clone_ref(py),
-                    None => continue,
-                },
-            };
-            unencoded.insert(number, (Held::Number(state), ctx));
-        }
-        self.aside.clear();
-        let snap = Py::new(py, Snapshot::new(unencoded, put_many))?;
-        self.frozen = Some(snap.clone_ref(py));
-        Ok(snap)
+        self.hot.snapshot(py, put_many)
     }
 
     /// How many numbers are touched and not yet written.
     #[getter]
     fn dirty_count(&self) -> usize {
-        self.dirty.len()
+        self.hot.touched()
     }
 
     #[getter]
     fn cached_count(&self) -> usize {
-        self.cache.len()
+        self.hot.len()
     }
 
     /// The prefixes with a pool in memory.
@@ -287,22 +254,18 @@ impl NumberFold {
     /// Touched states pushed out of the hot cache, waiting for the commit to write them.
     #[getter]
     fn aside_count(&self) -> usize {
-        self.aside.len()
+        self.hot.aside_len()
     }
 
     /// The number's state if it is in memory (hot, or touched and waiting for the commit).
     fn cached(&self, py: Python<'_>, number: &str) -> Option<Py<CallerState>> {
-        self.cache.get(number).map(|h| h.state.clone_ref(py))
-            .or_else(|| self.aside.get(number).map(|s| s.clone_ref(py)))
+        self.hot.cached(py, number)
     }
 
     /// Forget every state held in memory and every touched mark: after a rebalance the store
     /// is the truth again (another worker may own a number now).
     fn forget(&mut self) {
-        self.cache.clear();
-        self.aside.clear();
-        self.frozen = None;
-        self.dirty.clear();
+        self.hot.forget();
     }
 
     /// (callers, attempts, answer ratio, short ratio) of the pool of the number's prefix.
@@ -412,59 +375,24 @@ impl NumberFold {
         id
     }
 
-    /// The number's state: hot, set aside, in the store, or new.
+    /// The number's state: in memory, in the store, or new.
     fn state(&mut self, py: Python<'_>, number: &str, ctx: &Py<PyAny>)
              -> PyResult<Py<CallerState>> {
-        self.clock += 1;
-        if let Some(hot) = self.cache.get_mut(number) {
-            hot.used = self.clock;
-            return Ok(hot.state.clone_ref(py));
+        if let Some(state) = self.hot.take(py, number) {
+            return Ok(state);
         }
-        let state = match self.aside.remove(number) {
-            Some(st) => st,
-            None => {
-                let raw = self.load.call1(py, (number, ctx))?;
-                let raw = raw.bind(py);
-                let st = if raw.is_none() {
-                    CallerState::default()
-                } else {
-                    let b = raw.cast::<PyBytes>()?.as_bytes();
-                    if b.is_empty() {
-                        CallerState::default()
-                    } else {
-                        CallerState::decode(b).map_err(|e| {
-                            PyValueError::new_err(format!("stored state of {number}: {e}"))
-                        })?
-                    }
-                };
-                Py::new(py, st)?
-            }
+        let raw = self.load.call1(py, (number, ctx))?;
+        let raw = raw.bind(py);
+        let st = if raw.is_none() || raw.cast::<PyBytes>()?.as_bytes().is_empty() {
+            CallerState::default()
+        } else {
+            CallerState::decode(raw.cast::<PyBytes>()?.as_bytes()).map_err(|e| {
+                PyValueError::new_err(format!("stored state of {number}: {e}"))
+            })?
         };
-        self.cache.insert(number.to_string(), Hot { state: state.clone_ref(py), used: self.clock });
-        if self.cache.len() > self.hot_cache {
-            self.evict_oldest(py);
-        }
+        let state = Py::new(py, st)?;
+        self.hot.insert(py, number, state.clone_ref(py));
         Ok(state)
-    }
-
-    /// Push the least recently used sixteenth of the hot cache out (touched ones wait aside
-    /// for the commit): one pass per many misses instead of an ordered map kept per access.
-    fn evict_oldest(&mut self, py: Python<'_>) {
-        let n = (self.hot_cache / 16).max(1).min(self.cache.len());
-        let mut ages: Vec<u64> = self.cache.values().map(|h| h.used).collect();
-        let (_, cut, _) = ages.select_nth_unstable(n - 1);
-        let cut = *cut;
-        let dirty = &self.dirty;
-        let aside = &mut self.aside;
-        self.cache.retain(|number, hot| {
-            if hot.used > cut {
-                return true;
-            }
-            if dirty.contains_key(number) {
-                aside.insert(number.clone(), hot.state.clone_ref(py));
-            }
-            false
-        });
     }
 
     fn should_score(&self, number: &str, st: &CallerState) -> bool {
@@ -489,15 +417,7 @@ impl NumberFold {
         }
         let number: &str = &ev.caller;
         let state = self.state(py, number, ctx)?;
-        if let Some(frozen) = &self.frozen {
-            let mut snap = frozen.borrow_mut(py);
-            snap.before_change(py, number);
-            let finished = snap.all_encoded();
-            drop(snap);
-            if finished {
-                self.frozen = None;
-            }
-        }
+        self.hot.before_change(py, number);
         let (caller_new, caller_trunks, due) = {
             let mut st = state.borrow_mut(py);
             if let Some(w) = at {
@@ -530,12 +450,7 @@ impl NumberFold {
                 self.trunk_pools.entry(trunk.clone()).or_insert_with(|| Pool::new(cap))
                     .add(ev, key, short);
             }
-            match self.dirty.get_mut(number) {
-                Some(slot) => *slot = ctx.clone_ref(py),
-                None => {
-                    self.dirty.insert(number.to_string(), ctx.clone_ref(py));
-                }
-            }
+            self.hot.touch(py, number, ctx);
             self.newest_minute = self.newest_minute.max(st.hwm_minute());
             self.newest_ts = self.newest_ts.max(st.hwm_ts);
             let due = ev.kind == Kind::Attempt && self.should_score(number, &st);

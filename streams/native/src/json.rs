@@ -65,3 +65,54 @@ pub fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
         None => out.extend_from_slice(b"null"),
     }
 }
+
+/// A JSON array written item by item: [`List::next`] puts the separator and hands back the
+/// buffer for the item.
+pub struct List<'a> {
+    out: &'a mut Vec<u8>,
+    n: usize,
+}
+
+impl<'a> List<'a> {
+    pub fn open(out: &'a mut Vec<u8>) -> List<'a> {
+        out.push(b'[');
+        List { out, n: 0 }
+    }
+
+    pub fn next(&mut self) -> &mut Vec<u8> {
+        if self.n > 0 {
+            self.out.push(b',');
+        }
+        self.n += 1;
+        self.out
+    }
+
+    pub fn close(self) {
+        self.out.push(b']');
+    }
+}
+
+/// `[each(item), ...]`.
+pub fn list<T>(out: &mut Vec<u8>, items: impl IntoIterator<Item = T>,
+               mut each: impl FnMut(&mut Vec<u8>, T)) {
+    let mut l = List::open(out);
+    for item in items {
+        each(l.next(), item);
+    }
+    l.close();
+}
+
+/// `[i0, i1, ...]`.
+pub fn ints(out: &mut Vec<u8>, values: impl IntoIterator<Item = i64>) {
+    list(out, values, int);
+}
+
+/// `[head, s0, s1, ...]`: a bucket (its index, then its slots).
+pub fn slot_row(out: &mut Vec<u8>, head: i64, slots: &[f64]) {
+    let mut l = List::open(out);
+    int(l.next(), head);
+    for x in slots {
+        slot(l.next(), *x);
+    }
+    l.close();
+}

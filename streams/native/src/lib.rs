@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 mod event;
 mod fold;
+mod hot;
 mod json;
 mod murmur;
 mod pool;

@@ -9,11 +9,8 @@
 //! `score` on the attempt that moved its counters enough.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
-use ahash::RandomState;
-use indexmap::IndexMap;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -22,11 +19,10 @@ use serde::Deserialize;
 use serde_json::Number;
 
 use crate::event::{Kind, Proto};
-use crate::snapshot::{Held, Snapshot};
+use crate::hot::HotCache;
+use crate::snapshot::Snapshot;
 use crate::source_state::{source_ev_from_py, Attest, SourceCfg, SourceEv, SourceState,
                           RANGE_SEGMENTS, RING_BUCKETS, TRUNK_SEGMENTS};
-
-type Map<K, V> = HashMap<K, V, RandomState>;
 
 const TRUNK_KEY: &str = "trunk:";
 const ROW_FIELDS: usize = 18;
@@ -107,11 +103,6 @@ enum Slot<'a> {
     Deferred,
 }
 
-struct Hot {
-    state: Py<SourceState>,
-    used: u64,
-}
-
 #[derive(Default)]
 struct Counts {
     replayed: u64,
@@ -126,12 +117,7 @@ pub struct SourceFold {
     batch_max_events: usize,
     score_every: i64,
     score_min_attempts: i64,
-    hot_cache: usize,
-    cache: Map<String, Hot>,
-    clock: u64,
-    dirty: IndexMap<String, Py<PyAny>, RandomState>,
-    aside: Map<String, Py<SourceState>>,
-    frozen: Option<Py<Snapshot>>,
+    hot: HotCache<SourceState>,
     counts: Counts,
     #[pyo3(get)]
     newest_ts: f64,
@@ -159,12 +145,7 @@ impl SourceFold {
             batch_max_events,
             score_every,
             score_min_attempts,
-            hot_cache,
-            cache: Map::default(),
-            clock: 0,
-            dirty: IndexMap::default(),
-            aside: Map::default(),
-            frozen: None,
+            hot: HotCache::new(hot_cache),
             counts: Counts::default(),
             newest_ts: 0.0,
             load,
@@ -235,70 +216,43 @@ impl SourceFold {
 
     /// Each source touched since the last call, as it is now (see `NumberFold.snapshot`).
     fn snapshot(&mut self, py: Python<'_>, put_many: Py<PyAny>) -> PyResult<Py<Snapshot>> {
-        let mut unencoded = IndexMap::with_capacity_and_hasher(self.dirty.len(),
-                                                               RandomState::default());
-        for (key, ctx) in self.dirty.drain(..) {
-            let state = match self.cache.get(&key) {
-                Some(hot) => hot.state.clone_ref(py),
-                None => match self.aside.get(&key) {
-                    Some(st) => st.clone_ref(py),
-                    None => continue,
-                },
-            };
-            unencoded.insert(key, (Held::Source(state), ctx));
-        }
-        self.aside.clear();
-        let snap = Py::new(py, Snapshot::new(unencoded, put_many))?;
-        self.frozen = Some(snap.clone_ref(py));
-        Ok(snap)
+        self.hot.snapshot(py, put_many)
     }
 
     #[getter]
     fn dirty_count(&self) -> usize {
-        self.dirty.len()
+        self.hot.touched()
     }
 
     #[getter]
     fn cached_count(&self) -> usize {
-        self.cache.len()
+        self.hot.len()
     }
 
     #[getter]
     fn aside_count(&self) -> usize {
-        self.aside.len()
+        self.hot.aside_len()
     }
 
     /// (trunks, ranges) held in memory.
     fn cached_kinds(&self) -> (usize, usize) {
-        let trunks = self.cache.keys().filter(|k| k.starts_with(TRUNK_KEY)).count();
-        (trunks, self.cache.len() - trunks)
+        let trunks = self.hot.keys().filter(|k| k.starts_with(TRUNK_KEY)).count();
+        (trunks, self.hot.len() - trunks)
     }
 
     /// The source's state if it is in memory.
     fn cached(&self, py: Python<'_>, key: &str) -> Option<Py<SourceState>> {
-        self.cache.get(key).map(|h| h.state.clone_ref(py))
-            .or_else(|| self.aside.get(key).map(|s| s.clone_ref(py)))
+        self.hot.cached(py, key)
     }
 
     /// Idle sources leave memory (their state stays in the store). Returns how many.
     fn sweep_idle(&mut self, py: Python<'_>, now_ts: f64) -> usize {
-        let before = self.cache.len();
-        let dirty = &self.dirty;
-        self.cache.retain(|key, hot| {
-            let st = hot.state.borrow(py);
-            let idle = now_ts - st.hwm_ts > (RING_BUCKETS as f64) * crate::source_state::BUCKET_S
-                && now_ts > st.action_until;
-            !idle || dirty.contains_key(key)
-        });
-        before - self.cache.len()
+        self.hot.sweep(py, |st| st.idle_at(now_ts))
     }
 
     /// Forget every state in memory and every touched mark (after a rebalance).
     fn forget(&mut self) {
-        self.cache.clear();
-        self.aside.clear();
-        self.dirty.clear();
-        self.frozen = None;
+        self.hot.forget();
     }
 
     /// The counts since the last call, as (what, labels, n): `replayed`, `late`, `in`
@@ -345,65 +299,29 @@ impl SourceFold {
     }
 
     fn state(&mut self, py: Python<'_>, key: &str, ctx: &Py<PyAny>) -> PyResult<Py<SourceState>> {
-        self.clock += 1;
-        if let Some(hot) = self.cache.get_mut(key) {
-            hot.used = self.clock;
-            return Ok(hot.state.clone_ref(py));
+        if let Some(state) = self.hot.take(py, key) {
+            return Ok(state);
         }
-        let state = match self.aside.remove(key) {
-            Some(st) => st,
-            None => {
-                let raw = self.load.call1(py, (key, ctx))?;
-                let raw = raw.bind(py);
-                let st = if raw.is_none() || raw.cast::<PyBytes>()?.as_bytes().is_empty() {
-                    SourceState::new(if key.starts_with(TRUNK_KEY) { TRUNK_SEGMENTS }
-                                     else { RANGE_SEGMENTS })
-                } else {
-                    SourceState::decode(raw.cast::<PyBytes>()?.as_bytes()).map_err(|e| {
-                        PyValueError::new_err(format!("stored state of {key}: {e}"))
-                    })?
-                };
-                Py::new(py, st)?
-            }
+        let raw = self.load.call1(py, (key, ctx))?;
+        let raw = raw.bind(py);
+        let st = if raw.is_none() || raw.cast::<PyBytes>()?.as_bytes().is_empty() {
+            SourceState::new(if key.starts_with(TRUNK_KEY) { TRUNK_SEGMENTS }
+                             else { RANGE_SEGMENTS })
+        } else {
+            SourceState::decode(raw.cast::<PyBytes>()?.as_bytes()).map_err(|e| {
+                PyValueError::new_err(format!("stored state of {key}: {e}"))
+            })?
         };
-        self.cache.insert(key.to_string(), Hot { state: state.clone_ref(py), used: self.clock });
-        if self.cache.len() > self.hot_cache {
-            self.evict_oldest(py);
-        }
+        let state = Py::new(py, st)?;
+        self.hot.insert(py, key, state.clone_ref(py));
         Ok(state)
-    }
-
-    fn evict_oldest(&mut self, py: Python<'_>) {
-        let n = (self.hot_cache / 16).max(1).min(self.cache.len());
-        let mut ages: Vec<u64> = self.cache.values().map(|h| h.used).collect();
-        let (_, cut, _) = ages.select_nth_unstable(n - 1);
-        let cut = *cut;
-        let dirty = &self.dirty;
-        let aside = &mut self.aside;
-        self.cache.retain(|key, hot| {
-            if hot.used > cut {
-                return true;
-            }
-            if dirty.contains_key(key) {
-                aside.insert(key.clone(), hot.state.clone_ref(py));
-            }
-            false
-        });
     }
 
     fn fold_one(&mut self, py: Python<'_>, ev: &SourceEv<'_>, key: &str, ctx: &Py<PyAny>)
                 -> PyResult<usize> {
         let trunk = key.starts_with(TRUNK_KEY);
         let state = self.state(py, key, ctx)?;
-        if let Some(frozen) = &self.frozen {
-            let mut snap = frozen.borrow_mut(py);
-            snap.before_change(py, key);
-            let finished = snap.all_encoded();
-            drop(snap);
-            if finished {
-                self.frozen = None;
-            }
-        }
+        self.hot.before_change(py, key);
         // Only an attempt counts a protected caller; asking for the others changes nothing.
         let protected = ev.kind == Kind::Attempt
             && self.protected.call1(py, (ev.caller.as_ref(), ev.ts))?.bind(py).is_truthy()?;
@@ -422,12 +340,7 @@ impl SourceFold {
             } else {
                 self.counts.range += 1;
             }
-            match self.dirty.get_mut(key) {
-                Some(slot) => *slot = ctx.clone_ref(py),
-                None => {
-                    self.dirty.insert(key.to_string(), ctx.clone_ref(py));
-                }
-            }
+            self.hot.touch(py, key, ctx);
             self.newest_ts = self.newest_ts.max(ev.ts);
             ev.kind == Kind::Attempt
                 && st.attempts_total - st.scored_attempts >= self.score_every

@@ -456,6 +456,10 @@ impl SourceState {
         }
     }
 
+    pub fn idle_at(&self, now_ts: f64) -> bool {
+        now_ts - self.hwm_ts > (RING_BUCKETS as f64) * BUCKET_S && now_ts > self.action_until
+    }
+
     pub fn hwm_bucket(&self) -> i64 {
         floordiv(self.hwm_ts, BUCKET_S)
     }
@@ -473,96 +477,28 @@ impl SourceState {
 
     /// `SourceState.to_bytes` of the Python reference (version 2).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(b'[');
-        json::int(out, STATE_VERSION);
-        out.push(b',');
-        json::int(out, self.segments as i64);
-        out.push(b',');
-        json::float(out, self.hwm_ts);
-        out.push(b',');
-        json::float(out, self.first_ts);
-        out.extend_from_slice(b",[");
-        for (i, (b, v)) in self.buckets.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            json::int(out, *b);
-            for x in v {
-                out.push(b',');
-                json::slot(out, *x);
-            }
-            out.push(b']');
-        }
-        out.extend_from_slice(b"],[");
-        for (i, (h, v)) in self.hours.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            json::int(out, *h);
-            for x in v {
-                out.push(b',');
-                json::int(out, *x);
-            }
-            out.push(b']');
-        }
-        out.extend_from_slice(b"],[");
-        for (i, (k, e)) in self.callers.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            json::int(out, *k as i64);
-            for x in e {
-                out.push(b',');
-                json::int(out, *x);
-            }
-            out.push(b']');
-        }
-        out.push(b']');
+        let mut l = json::List::open(out);
+        json::int(l.next(), STATE_VERSION);
+        json::int(l.next(), self.segments as i64);
+        json::float(l.next(), self.hwm_ts);
+        json::float(l.next(), self.first_ts);
+        json::list(l.next(), &self.buckets, |o, (b, v)| json::slot_row(o, *b, v));
+        json::list(l.next(), &self.hours,
+                   |o, (h, v)| json::ints(o, std::iter::once(*h).chain(v.iter().copied())));
+        json::list(l.next(), &self.callers,
+                   |o, (k, e)| json::ints(o, std::iter::once(*k as i64).chain(e.iter().copied())));
         for map in [&self.callees, &self.ranges] {
-            out.extend_from_slice(b",[");
-            for (i, (k, b)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.push(b'[');
-                json::int(out, *k as i64);
-                out.push(b',');
-                json::int(out, *b);
-                out.push(b']');
-            }
-            out.push(b']');
+            json::list(l.next(), map, |o, (k, b)| json::ints(o, [*k as i64, *b]));
         }
-        out.push(b',');
-        json::int(out, self.attempts_total);
-        out.push(b',');
-        json::int(out, self.scored_attempts);
-        out.push(b',');
-        json::string(out, &self.action);
-        out.push(b',');
-        json::float(out, self.action_until);
-        out.push(b',');
-        json::float(out, self.action_score);
-        out.push(b',');
-        json::boolean(out, self.action_dry);
-        out.push(b',');
-        out.extend_from_slice(self.action_match.as_bytes());
-        out.extend_from_slice(b",[");
-        for (i, (p, (o, x))) in self.origins.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            json::int(out, *p);
-            out.push(b',');
-            json::int(out, *o);
-            out.push(b',');
-            json::int(out, *x);
-            out.push(b']');
-        }
-        out.extend_from_slice(b"]]");
+        json::int(l.next(), self.attempts_total);
+        json::int(l.next(), self.scored_attempts);
+        json::string(l.next(), &self.action);
+        json::float(l.next(), self.action_until);
+        json::float(l.next(), self.action_score);
+        json::boolean(l.next(), self.action_dry);
+        l.next().extend_from_slice(self.action_match.as_bytes());
+        json::list(l.next(), &self.origins, |o, (p, (off, i))| json::ints(o, [*p, *off, *i]));
+        l.close();
     }
 
     /// Reads versions 1 (no origin positions: nothing known folded) and 2.
@@ -750,7 +686,7 @@ impl SourceState {
 
     /// Nothing within the longest window and no action in force: forget it.
     fn is_idle(&self, now_ts: f64) -> bool {
-        now_ts - self.hwm_ts > (RING_BUCKETS as f64) * BUCKET_S && now_ts > self.action_until
+        self.idle_at(now_ts)
     }
 
     /// [attempts, segment bits, conversations] of each caller seen after bucket `start`.

@@ -371,79 +371,33 @@ impl CallerState {
 
     /// `CallerState.to_bytes` of the Python reference: one positional JSON list.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(b'[');
-        json::float(out, self.hwm_ts);
-        out.extend_from_slice(b",[");
-        for (i, (m, b)) in self.buckets.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            json::int(out, *m);
-            for x in b {
-                out.push(b',');
-                json::slot(out, *x);
-            }
-            out.push(b']');
-        }
-        out.extend_from_slice(b"],[");
-        for (i, (k, m)) in self.callees.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            json::int(out, *k as i64);
-            out.push(b',');
-            json::int(out, *m);
-            out.push(b']');
-        }
-        out.extend_from_slice(b"],");
-        json::float(out, self.last_attempt_ts);
-        out.push(b',');
-        json::int(out, self.last_callee);
-        out.push(b',');
-        json::int(out, self.attempts_total);
-        out.push(b',');
-        json::int(out, self.scored_attempts);
-        out.push(b',');
-        json::string(out, &self.action);
-        out.push(b',');
-        json::float(out, self.action_until);
-        out.push(b',');
-        json::float(out, self.action_score);
-        out.push(b',');
-        json::boolean(out, self.action_dry);
-        out.push(b',');
-        json::float(out, self.first_ts);
-        out.extend_from_slice(b",[");
-        for (i, (t, e)) in self.trunks.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            json::string(out, t);
+        let mut l = json::List::open(out);
+        json::float(l.next(), self.hwm_ts);
+        json::list(l.next(), &self.buckets, |o, (m, b)| json::slot_row(o, *m, b));
+        json::list(l.next(), &self.callees, |o, (k, m)| json::ints(o, [*k as i64, *m]));
+        json::float(l.next(), self.last_attempt_ts);
+        json::int(l.next(), self.last_callee);
+        json::int(l.next(), self.attempts_total);
+        json::int(l.next(), self.scored_attempts);
+        json::string(l.next(), &self.action);
+        json::float(l.next(), self.action_until);
+        json::float(l.next(), self.action_score);
+        json::boolean(l.next(), self.action_dry);
+        json::float(l.next(), self.first_ts);
+        json::list(l.next(), &self.trunks, |o, (t, e)| {
+            let mut row = json::List::open(o);
+            json::string(row.next(), t);
             for x in e {
-                out.push(b',');
-                json::int(out, *x);
+                json::int(row.next(), *x);
             }
-            out.push(b']');
-        }
-        out.extend_from_slice(b"],");
-        json::string(out, &self.last_trunk);
-        out.push(b',');
+            row.close();
+        });
+        json::string(l.next(), &self.last_trunk);
         match self.folded {
-            None => out.extend_from_slice(b"null"),
-            Some((p, o, i)) => {
-                out.push(b'[');
-                json::int(out, p);
-                out.push(b',');
-                json::int(out, o);
-                out.push(b',');
-                json::int(out, i);
-                out.push(b']');
-            }
+            None => l.next().extend_from_slice(b"null"),
+            Some((p, o, i)) => json::ints(l.next(), [p, o, i]),
         }
-        out.push(b']');
+        l.close();
     }
 
     /// Reads what [`CallerState::encode`] and every earlier Python version wrote: 11 fields
