@@ -39,11 +39,11 @@ import orjson
 from online_models.scorer import NuisanceScorer
 from services.settings import Settings
 from streams import metrics
-from streams.control import ControlState
 from streams._native import NumberFold, Snapshot
-from streams.microbatch import StateWrites
+from streams.control import ControlState
 from streams.features import (POOL_CALLERS_CAP, POOL_PREFIX, TRUNK_POOL_PREFIX, CallerState,
                               FeatureConfig, features, pool_features)
+from streams.microbatch import StateWrites
 from streams.policy import ENFORCING, BlockLimiter, CurrentAction, Policy, decide
 from streams.position import NO_PARTITION, Folded
 from streams.schema import (BATCH_MAX_EVENTS, REASON_MISSING, Decision, EventValidator,

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 from online_models.source_scorer import SourceScorer
 from streams import metrics
-from streams.control import ControlState
 from streams._native import Snapshot, SourceFold
+from streams.control import ControlState
 from streams.detector import (KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore,
                               dead_letter, resolve_items)
 from streams.microbatch import StateWrites

@@ -27,9 +27,10 @@ impl Held {
     }
 }
 
-/// The states of a commit's snapshot (`streams.microbatch.StateWrites` is its Python twin): serialised as late as their content allows, written in turns
-/// after the commit's outputs are delivered, readable until then. Kept here so a snapshot of
-/// many thousand states is one object, not a Python tuple and bytes per state.
+/// The states of a commit's snapshot (`streams.microbatch.StateWrites` is its Python twin):
+/// serialised as late as their content allows, written in turns after the commit's outputs
+/// are delivered, readable until then. Kept here so a snapshot of many thousand states is one
+/// object, not a Python tuple and bytes per state.
 #[pyclass(module = "streams._native")]
 pub struct Snapshot {
     /// serialised, in the order they are written

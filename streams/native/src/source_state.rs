@@ -516,7 +516,9 @@ impl SourceState {
         let f = |v: &Value| v.as_f64().ok_or_else(|| format!("expected a number, got {v}"));
         let i = |v: &Value| v.as_i64().or_else(|| v.as_f64().map(|x| x as i64))
             .ok_or_else(|| format!("expected an integer, got {v}"));
-        let arr = |v: &Value| v.as_array().cloned().ok_or_else(|| format!("expected a list, got {v}"));
+        let arr = |v: &Value| {
+            v.as_array().cloned().ok_or_else(|| format!("expected a list, got {v}"))
+        };
         let mut st = SourceState::new(i(&row[1])? as usize);
         st.hwm_ts = f(&row[2])?;
         st.first_ts = f(&row[3])?;

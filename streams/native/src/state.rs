@@ -544,7 +544,8 @@ impl CallerState {
     fn owner_elsewhere(&self, min_share: f64) -> String {
         for (t, e) in &self.trunks {
             let (attempts, talks) = (e[1], e[2]);
-            if **t != *self.last_trunk && talks >= 1 && (talks as f64) >= min_share * attempts as f64 {
+            if **t != *self.last_trunk && talks >= 1
+                && (talks as f64) >= min_share * attempts as f64 {
                 return t.to_string();
             }
         }
