@@ -9,13 +9,14 @@ two of three.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, \
-    TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, \
+    Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from services.admin import ensure_topics
@@ -37,6 +38,8 @@ CLUSTER_START_TIMEOUT_S = 120.0
 #: session, 9 s by default) and move its leaderships; the producer retries meanwhile.
 FLUSH_TIMEOUT_S = 90.0
 READ_WAIT_S = 60.0
+#: How long a new topic may stay unknown to the broker asked for its configs.
+CONFIGS_WAIT_S = 30.0
 POLL_S = 0.5
 
 
@@ -102,6 +105,29 @@ def read_all(settings: Settings, partitions: int, expected: int) -> list[bytes]:
     return seen
 
 
+def topic_configs(admin: AdminClient, names: list[str]) -> dict[str, dict]:
+    """The configs of ``names`` as the cluster reports them.
+
+    Why the retry: each broker learns of a new topic from the controller on its own time, and
+    DescribeConfigs may go to one that has not yet (UNKNOWN_TOPIC_OR_PART) although the broker
+    that answered the metadata request already showed every leader.
+    """
+    found: dict[str, dict] = {}
+    deadline = time.monotonic() + CONFIGS_WAIT_S
+    while True:
+        pending = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names if n not in found]
+        for resource, future in admin.describe_configs(pending).items():
+            try:
+                found[resource.name] = future.result(timeout=CLIENT_TIMEOUT_S)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART \
+                        or time.monotonic() >= deadline:
+                    raise
+        if len(found) == len(names):
+            return found
+        time.sleep(POLL_S)
+
+
 def partition_leader(admin: AdminClient, partition: int) -> int:
     return admin.list_topics(SIGNALING_EVENTS.name, timeout=CLIENT_TIMEOUT_S) \
         .topics[SIGNALING_EVENTS.name].partitions[partition].leader
@@ -118,11 +144,9 @@ def test_killing_a_partition_leader_loses_nothing_acked(
     topics = admin.list_topics(timeout=CLIENT_TIMEOUT_S).topics
     for spec in CATALOG:
         assert all(len(p.replicas) == REPLICATION for p in topics[spec.name].partitions.values())
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in CATALOG]
-    for resource, future in admin.describe_configs(resources).items():
-        configs = future.result(timeout=CLIENT_TIMEOUT_S)
+    for name, configs in topic_configs(admin, [s.name for s in CATALOG]).items():
         assert configs["min.insync.replicas"].value == str(min_insync_replicas(REPLICATION)) \
-            == "2", resource.name
+            == "2", name
 
     acks = Acks()
     producer = Producer({**settings.kafka_client_config(), "acks": "all",
