@@ -113,26 +113,28 @@ app = faust.App(
 STAGES = settings.stages
 
 
-def bound_fetch_wait(max_wait_ms: int) -> None:
+def bound_fetch(max_wait_ms: int, min_bytes: int) -> None:
     """Make Faust build the worker's aiokafka consumer with ``max_wait_ms`` as its fetch wait
-    (``DIALGUARD_WORKER_FETCH_MAX_WAIT_S``, which says why).
+    and ``min_bytes`` as the bytes a fetch waits for (``DIALGUARD_WORKER_FETCH_MAX_WAIT_S``
+    and ``DIALGUARD_WORKER_FETCH_MIN_BYTES``, which say why).
 
-    Faust's driver passes ``fetch_max_wait_ms=1500`` with no setting to change it; aiokafka
-    reads the consumer's value when it starts its fetcher, so it is set on the consumer
-    Faust has just built, before it starts. Both names are private:
-    ``tests/unit/test_faust_contract.py`` fails loudly if either changes.
+    Faust's driver passes ``fetch_max_wait_ms=1500`` and aiokafka's default of 1 byte, with
+    no setting to change them; aiokafka reads the consumer's values when it starts its
+    fetcher, so they are set on the consumer Faust has just built, before it starts. The
+    names are private: ``tests/unit/test_faust_contract.py`` fails loudly if one changes.
     """
     build = AIOKafkaConsumerThread._create_worker_consumer
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = build(self, transport)
         consumer._fetch_max_wait_ms = max_wait_ms
+        consumer._fetch_min_bytes = min_bytes
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
 
 
-bound_fetch_wait(settings.fetch_max_wait_ms)
+bound_fetch(settings.fetch_max_wait_ms, settings.fetch_min_bytes)
 events_topic = app.topic(SIGNALING_EVENTS.name, key_type=bytes, value_type=bytes,
                          partitions=settings.topic_partitions)
 sources_topic = app.topic(SOURCE_EVENTS.name, key_type=bytes, value_type=bytes,

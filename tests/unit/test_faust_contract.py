@@ -95,10 +95,11 @@ def test_every_record_acknowledgement_goes_through_the_consumer_instance():
     assert seen == [message]
 
 
-def test_the_worker_consumer_is_built_with_the_configured_fetch_wait():
-    """streams.app.bound_fetch_wait wraps Faust's private ``_create_worker_consumer`` and sets
-    aiokafka's private ``_fetch_max_wait_ms`` on the consumer it returns; aiokafka must still
-    hand that attribute to its fetcher when the consumer starts."""
+def test_the_worker_consumer_is_built_with_the_configured_fetch_wait_and_size():
+    """streams.app.bound_fetch wraps Faust's private ``_create_worker_consumer`` and sets
+    aiokafka's private ``_fetch_max_wait_ms`` and ``_fetch_min_bytes`` on the consumer it
+    returns; aiokafka must still hand those attributes to its fetcher when the consumer
+    starts."""
     import asyncio
     import inspect
 
@@ -107,8 +108,9 @@ def test_the_worker_consumer_is_built_with_the_configured_fetch_wait():
 
     from streams.app import app, settings
 
-    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
-        aiokafka.AIOKafkaConsumer.start)
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+    assert "fetch_min_bytes=self._fetch_min_bytes" in start
 
     async def build() -> aiokafka.AIOKafkaConsumer:
         thread = app.consumer._thread
@@ -116,7 +118,8 @@ def test_the_worker_consumer_is_built_with_the_configured_fetch_wait():
         return thread._create_worker_consumer(app.transport)
 
     consumer = asyncio.run(build())
-    assert consumer._fetch_max_wait_ms == settings.fetch_max_wait_ms == 50
+    assert consumer._fetch_max_wait_ms == settings.fetch_max_wait_ms == 25
+    assert consumer._fetch_min_bytes == settings.fetch_min_bytes == 16_384
 
 
 def test_state_writes_go_to_the_partition_database_faust_itself_writes_and_reads(tmp_path):

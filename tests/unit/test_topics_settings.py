@@ -92,9 +92,19 @@ def test_worker_stages_default_to_both_and_reject_unknown_names():
 
 
 def test_fetch_wait_is_milliseconds_within_bounds():
-    assert Settings.from_env(environ={}).fetch_max_wait_ms == 50
+    assert Settings.from_env(environ={}).fetch_max_wait_ms == 25
     assert Settings.from_env(
         environ={"DIALGUARD_WORKER_FETCH_MAX_WAIT_S": "0.5"}).fetch_max_wait_ms == 500
     for bad in ("0", "-1", "0.0001", "11"):
         with pytest.raises(ValueError, match="DIALGUARD_WORKER_FETCH_MAX_WAIT_S"):
             Settings.from_env(environ={"DIALGUARD_WORKER_FETCH_MAX_WAIT_S": bad}).fetch_max_wait_ms
+
+
+
+def test_fetch_min_bytes_within_bounds():
+    assert Settings.from_env(environ={}).fetch_min_bytes == 16_384
+    assert Settings.from_env(
+        environ={"DIALGUARD_WORKER_FETCH_MIN_BYTES": "1"}).fetch_min_bytes == 1
+    for bad in ("0", "-5", str((1 << 20) + 1)):
+        with pytest.raises(ValueError, match="DIALGUARD_WORKER_FETCH_MIN_BYTES"):
+            Settings.from_env(environ={"DIALGUARD_WORKER_FETCH_MIN_BYTES": bad}).fetch_min_bytes
