@@ -76,6 +76,26 @@ def test_table_reads_with_a_record_are_routed_to_its_partition():
     assert faust.streams.current_event() is None
 
 
+def test_rocksdb_reads_with_a_record_go_to_its_partition_database():
+    """With a RocksDB store, ``TableStore.get(key, ctx)`` reads ``_db_for_partition`` of the
+    record's partition, the database Faust's ``_get`` reads (pinned by the test below); without
+    a record it asks the store, which probes every partition."""
+    from streams.app import TableStore
+
+    class Record:
+        def __init__(self, partition: int) -> None:
+            self.message = type("Message", (), {"partition": partition})()
+
+    class Table:
+        data = {b"known": b"from the store"}
+
+    store = TableStore(Table(), sink=None)
+    store.partition_db = {2: {b"known": b"partition 2"}, 7: {}}.__getitem__
+    assert store.get("known", Record(2)) == b"partition 2"
+    assert store.get("known", Record(7)) is None
+    assert store.get("known") == b"from the store"
+
+
 def test_every_record_acknowledgement_goes_through_the_consumer_instance():
     """streams.microbatch.AckGate replaces ``consumer.ack`` on the instance; Faust's final
     ack of a consumed record (``ConsumerMessage.on_final_ack``) must still call it there."""
