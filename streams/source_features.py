@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,9 @@ def features(st: SourceState, heavy_caller_calls: int = HEAVY_CALLER_CALLS) -> d
     hour = st.window(WINDOWS["1h"])
     ten = st.window(WINDOWS["10m"])
     start = st.hwm_bucket - WINDOWS["1h"]
-    callers = st.callers_since(start)  # [attempts, segment bits, conversations] each
+    # A caller with ``heavy_caller_calls`` calls or more (calls are whole: a fractional
+    # threshold counts from the next whole call).
+    callers, once, per_segment = st.caller_summary(start, math.ceil(heavy_caller_calls))
     day = st.day_totals()
     for seg in range(st.segments):
         p = SEGMENT_PREFIX[seg]
@@ -148,17 +151,16 @@ def features(st: SourceState, heavy_caller_calls: int = HEAVY_CALLER_CALLS) -> d
         out[p + "attest_c_ratio_1h"] = _ratio(w[ATTEST_C], attempts)
         out[p + "attest_none_ratio_1h"] = _ratio(w[ATTEST_NONE], attempts)
         out[p + "protected_1h"] = w[PROTECTED]
-        mine = [e for e in callers if e[1] >> seg & 1]
-        out[p + "distinct_callers_1h"] = float(len(mine))
-        out[p + "heavy_caller_share_1h"] = _ratio(
-            sum(e[0] for e in mine if e[0] >= heavy_caller_calls), attempts)
-        out[p + "talkers_1h"] = float(sum(1 for e in mine if e[2] > 0))
+        distinct, heavy_calls, talkers = per_segment[seg]
+        out[p + "distinct_callers_1h"] = float(distinct)
+        out[p + "heavy_caller_share_1h"] = _ratio(heavy_calls, attempts)
+        out[p + "talkers_1h"] = float(talkers)
         out[p + "attempts_24h"] = float(day[2 * seg])
         out[p + "conversations_24h"] = float(day[2 * seg + 1])
     out["observed_s"] = min(st.hwm_ts - st.first_ts, float(RING_BUCKETS * BUCKET_S))
-    out["callers_once_share_1h"] = _ratio(sum(1 for e in callers if e[0] == 1), len(callers))
+    out["callers_once_share_1h"] = _ratio(once, callers)
     out["distinct_callees_1h"] = float(st.callees_since(start))
-    out["caller_range_spread_1h"] = _ratio(st.ranges_since(start), len(callers))
+    out["caller_range_spread_1h"] = _ratio(st.ranges_since(start), callers)
     if st.segments == TRUNK_SEGMENTS:
         out["neighbour_share_1h"] = _ratio(out["nb_attempts_1h"], out["attempts_1h"])
         out["unverified_share_1h"] = _ratio(out["uv_attempts_1h"], out["attempts_1h"])

@@ -92,3 +92,40 @@ def test_calls_in_progress_past_their_cap_forget_the_oldest_call_first():
                            f"861380000000{i}", "8613900000002"), cfg)
     f = features(st)
     assert f["answered_1h"] == 2 and f["uv_answered_1h"] == 1  # c1's attempt was forgotten
+
+
+def test_caller_summary_sums_the_callers_as_the_features_read_them():
+    """``SourceState.caller_summary`` against the sums over the caller table it is made of:
+    callers after the window start, those with one call, and per segment the callers, the
+    calls of heavy callers and the callers with a conversation."""
+    import random
+
+    rnd = random.Random(7)
+    cfg = SourceConfig()
+    st = SourceState(source_features.TRUNK_SEGMENTS)
+    for n in range(3000):
+        caller = f"86138{rnd.randrange(400) + (n >= 1500) * 400:08d}"  # others after 75 min
+        callee = caller[:-4] + f"{rnd.randrange(10_000):04d}" if rnd.random() < 0.3 \
+            else f"86139{rnd.randrange(10**8):08d}"
+        ts = T0 + n * 3.0
+        attempt = SourceEvent("trunk:sw/tk", ts, "attempt", "sip", f"c{n}", caller, callee,
+                              attest=rnd.choice(("A", "C", None)))
+        st.add(attempt, cfg)
+        if rnd.random() < 0.4:
+            st.add(SourceEvent("trunk:sw/tk", ts + 1, "answer", "sip", f"c{n}", caller, callee,
+                               code=200), cfg)
+            st.add(SourceEvent("trunk:sw/tk", ts + 2, "release", "sip", f"c{n}", caller,
+                               callee, duration_s=rnd.choice((5.0, 90.0))), cfg)
+    cut = st.hwm_bucket - source_features.WINDOWS["10m"]
+    assert 0 < sum(1 for e in st.callers.values() if e[0] > cut) < len(st.callers)
+    for start in (st.hwm_bucket - source_features.WINDOWS["1h"], cut, st.hwm_bucket):
+        entries = [e for e in st.callers.values() if e[0] > start]
+        for heavy in (1, 3, 12, 10_000):
+            total, once, per = st.caller_summary(start, heavy)
+            assert (total, once) == (len(entries), sum(1 for e in entries if e[1] == 1))
+            for seg in range(source_features.TRUNK_SEGMENTS):
+                mine = [e for e in entries if e[2] >> seg & 1]
+                assert per[seg] == [len(mine), sum(e[1] for e in mine if e[1] >= heavy),
+                                    sum(1 for e in mine if e[3] > 0)]
+    start = st.hwm_bucket - source_features.WINDOWS["1h"]
+    assert st.caller_summary(start, 1)[2][1][0] > 0  # neighbour callers among them

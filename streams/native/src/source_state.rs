@@ -691,9 +691,33 @@ impl SourceState {
         self.idle_at(now_ts)
     }
 
-    /// [attempts, segment bits, conversations] of each caller seen after bucket `start`.
-    fn callers_since(&self, start: i64) -> Vec<[i64; 3]> {
-        self.callers.values().filter(|e| e[0] > start).map(|e| [e[1], e[2], e[3]]).collect()
+    /// The callers seen after bucket `start`, summed as the features read them: (callers,
+    /// callers with one call, per segment [its callers, the calls of those with at least
+    /// `heavy` calls, those with a conversation]). Summed here because a busy trunk holds
+    /// `distinct_cap` callers and is scored often: the same sums over a list of them in
+    /// Python were a third of its features' cost.
+    fn caller_summary(&self, start: i64, heavy: i64) -> (i64, i64, Vec<[i64; 3]>) {
+        let mut per = vec![[0i64; 3]; self.segments];
+        let (mut total, mut once) = (0i64, 0i64);
+        for e in self.callers.values().filter(|e| e[0] > start) {
+            let (calls, bits, conversations) = (e[1], e[2], e[3]);
+            total += 1;
+            if calls == 1 {
+                once += 1;
+            }
+            for (seg, sums) in per.iter_mut().enumerate() {
+                if (bits >> seg) & 1 == 1 {
+                    sums[0] += 1;
+                    if calls >= heavy {
+                        sums[1] += calls;
+                    }
+                    if conversations > 0 {
+                        sums[2] += 1;
+                    }
+                }
+            }
+        }
+        (total, once, per)
     }
 
     /// Distinct callees seen after bucket `start`.
