@@ -695,7 +695,7 @@ impl SourceState {
     /// callers with one call, per segment [its callers, the calls of those with at least
     /// `heavy` calls, those with a conversation]). Summed here because a busy trunk holds
     /// `distinct_cap` callers and is scored often: the same sums over a list of them in
-    /// Python were a third of its features' cost.
+    /// Python took five times what the whole features take now.
     fn caller_summary(&self, start: i64, heavy: i64) -> (i64, i64, Vec<[i64; 3]>) {
         let mut per = vec![[0i64; 3]; self.segments];
         let (mut total, mut once) = (0i64, 0i64);
