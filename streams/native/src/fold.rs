@@ -378,21 +378,7 @@ impl NumberFold {
     /// The number's state: in memory, in the store, or new.
     fn state(&mut self, py: Python<'_>, number: &str, ctx: &Py<PyAny>)
              -> PyResult<Py<CallerState>> {
-        if let Some(state) = self.hot.take(py, number) {
-            return Ok(state);
-        }
-        let raw = self.load.call1(py, (number, ctx))?;
-        let raw = raw.bind(py);
-        let st = if raw.is_none() || raw.cast::<PyBytes>()?.as_bytes().is_empty() {
-            CallerState::default()
-        } else {
-            CallerState::decode(raw.cast::<PyBytes>()?.as_bytes()).map_err(|e| {
-                PyValueError::new_err(format!("stored state of {number}: {e}"))
-            })?
-        };
-        let state = Py::new(py, st)?;
-        self.hot.insert(py, number, state.clone_ref(py));
-        Ok(state)
+        self.hot.load(py, number, ctx, &self.load, CallerState::default)
     }
 
     fn should_score(&self, number: &str, st: &CallerState) -> bool {

@@ -12,8 +12,10 @@ use std::collections::HashMap;
 
 use ahash::RandomState;
 use indexmap::IndexMap;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::PyClass;
+use pyo3::types::PyBytes;
+use pyo3::{PyClass, PyClassInitializer};
 
 use crate::snapshot::{Held, Snapshot};
 use crate::source_state::SourceState;
@@ -21,20 +23,29 @@ use crate::state::CallerState;
 
 type Map<K, V> = HashMap<K, V, RandomState>;
 
-/// A state type a snapshot can hold.
-pub trait Stored: PyClass + Sized {
+/// A state type a snapshot can hold, read back from its stored bytes.
+pub trait Stored: PyClass + Sized + Into<PyClassInitializer<Self>> {
     fn held(state: Py<Self>) -> Held;
+    fn decode_stored(raw: &[u8]) -> Result<Self, String>;
 }
 
 impl Stored for CallerState {
     fn held(state: Py<Self>) -> Held {
         Held::Number(state)
     }
+
+    fn decode_stored(raw: &[u8]) -> Result<Self, String> {
+        CallerState::decode(raw)
+    }
 }
 
 impl Stored for SourceState {
     fn held(state: Py<Self>) -> Held {
         Held::Source(state)
+    }
+
+    fn decode_stored(raw: &[u8]) -> Result<Self, String> {
+        SourceState::decode(raw)
     }
 }
 
@@ -65,6 +76,28 @@ impl<T: Stored> HotCache<T> {
         let state = self.aside.remove(key)?;
         self.insert(py, key, state.clone_ref(py));
         Some(state)
+    }
+
+    /// The key's state: in memory, else the bytes `load(key, ctx)` returns (the stage's
+    /// callback: the snapshot being written, then the store) decoded, else `fresh()` when it
+    /// has none (None or empty); in memory from now on either way.
+    pub fn load(&mut self, py: Python<'_>, key: &str, ctx: &Py<PyAny>, load: &Py<PyAny>,
+                fresh: impl FnOnce() -> T) -> PyResult<Py<T>> {
+        if let Some(state) = self.take(py, key) {
+            return Ok(state);
+        }
+        let raw = load.call1(py, (key, ctx))?;
+        let raw = raw.bind(py);
+        let st = if raw.is_none() || raw.cast::<PyBytes>()?.as_bytes().is_empty() {
+            fresh()
+        } else {
+            T::decode_stored(raw.cast::<PyBytes>()?.as_bytes()).map_err(|e| {
+                PyValueError::new_err(format!("stored state of {key}: {e}"))
+            })?
+        };
+        let state = Py::new(py, st)?;
+        self.insert(py, key, state.clone_ref(py));
+        Ok(state)
     }
 
     pub fn insert(&mut self, py: Python<'_>, key: &str, state: Py<T>) {

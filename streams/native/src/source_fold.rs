@@ -299,22 +299,10 @@ impl SourceFold {
     }
 
     fn state(&mut self, py: Python<'_>, key: &str, ctx: &Py<PyAny>) -> PyResult<Py<SourceState>> {
-        if let Some(state) = self.hot.take(py, key) {
-            return Ok(state);
-        }
-        let raw = self.load.call1(py, (key, ctx))?;
-        let raw = raw.bind(py);
-        let st = if raw.is_none() || raw.cast::<PyBytes>()?.as_bytes().is_empty() {
+        self.hot.load(py, key, ctx, &self.load, || {
             SourceState::new(if key.starts_with(TRUNK_KEY) { TRUNK_SEGMENTS }
                              else { RANGE_SEGMENTS })
-        } else {
-            SourceState::decode(raw.cast::<PyBytes>()?.as_bytes()).map_err(|e| {
-                PyValueError::new_err(format!("stored state of {key}: {e}"))
-            })?
-        };
-        let state = Py::new(py, st)?;
-        self.hot.insert(py, key, state.clone_ref(py));
-        Ok(state)
+        })
     }
 
     fn fold_one(&mut self, py: Python<'_>, ev: &SourceEv<'_>, key: &str, ctx: &Py<PyAny>)
