@@ -204,6 +204,11 @@ def dead_letter(sink: Sink, raw: bytes, exc: InvalidEvent, origin: Origin) -> No
     sink.dead_letter(raw, exc.reason, exc.detail, origin)
 
 
+def dead_letter_empty(sink: Sink, origin: Origin) -> None:
+    """A record without a value (a tombstone): nothing to fold, but never silently dropped."""
+    dead_letter(sink, b"", InvalidEvent(REASON_MISSING, "record has no value"), origin)
+
+
 class ShadowRun:
     """What one shadow candidate decided so far: its own limiter and per-number actions.
 
@@ -295,8 +300,7 @@ class Detector:
         (folded, or skipped as already folded before a restart)."""
         self.positions[origin.partition] = origin.offset
         if raw is None:
-            dead_letter(self.sink, b"", InvalidEvent(REASON_MISSING, "record has no value"),
-                        origin)
+            dead_letter_empty(self.sink, origin)
             return 0
         self._origin = origin
         self._sync_policy()

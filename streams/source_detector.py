@@ -38,12 +38,12 @@ from streams import metrics
 from streams._native import Snapshot, SourceFold
 from streams.control import ControlState
 from streams.detector import (KILL_SWITCH_REASON, Origin, ShadowRun, Sink, StateStore,
-                              dead_letter, resolve_items)
+                              dead_letter_empty, resolve_items)
 from streams.microbatch import StateWrites
 from streams.policy import (ENFORCING, SEVERITY, UNBLOCK, BlockLimiter, CurrentAction,
                             Policy, SourceTarget, decide_source, source_action)
-from streams.schema import (BATCH_MAX_EVENTS, LABEL_TARGET, REASON_MISSING, REASON_VALUE,
-                            Decision, InvalidEvent, Label, ScoreRecord, SourceEvent)
+from streams.schema import (BATCH_MAX_EVENTS, LABEL_TARGET, REASON_VALUE, Decision,
+                            InvalidEvent, Label, ScoreRecord, SourceEvent)
 from streams.scope import SCOPE_PREFIX, SCOPE_TRUNK, UNKNOWN, CallMatch, split_trunk_id
 from streams.source_features import (KIND_RANGE, KIND_TRUNK, SEG_ALL, SEG_NEIGHBOUR,
                                      SEG_UNVERIFIED, SEGMENT_PREFIX, SourceConfig, SourceState,
@@ -149,8 +149,7 @@ class SourceDetector:
         one. Returns how many were read."""
         self.positions[origin.partition] = origin.offset
         if raw is None:
-            dead_letter(self.sink, b"", InvalidEvent(REASON_MISSING, "record has no value"),
-                        origin)
+            dead_letter_empty(self.sink, origin)
             return 0
         self._origin = origin
         read, folded = self.native.ingest(raw, ctx)

@@ -129,3 +129,10 @@ def test_caller_summary_sums_the_callers_as_the_features_read_them():
                                     sum(1 for e in mine if e[3] > 0)]
     start = st.hwm_bucket - source_features.WINDOWS["1h"]
     assert st.caller_summary(start, 1)[2][1][0] > 0  # neighbour callers among them
+
+
+def test_a_record_without_a_value_is_dead_lettered_and_the_stage_goes_on():
+    s, sink = stage()
+    assert s.ingest(None, Origin("signaling.sources", 4, 9)) == 0
+    assert s.ingest(orjson.dumps([row()]), Origin("signaling.sources", 4, 10)) == 1
+    assert [(r, o.partition, o.offset) for _, r, _, o in sink.dead] == [("missing_field", 4, 9)]
